@@ -1,0 +1,404 @@
+"""The node's DICOM service: C-ECHO and C-STORE into the spool and the index.
+
+The C-STORE handler does two things only: make the instance durable and answer. Everything
+slow (completion, routing, models, delivery) happens elsewhere, so a busy model never stalls a
+scanner. The handler never raises: pynetdicom would turn an exception into 0xC211 without a
+reason in our log, so every failure is mapped to a status here and logged with UIDs only (no
+patient data in log lines).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pydicom.uid import (
+    JPEGLossless as JPEGLosslessP14,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.events import Event
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Settings
+from dicom_node.index import InstanceMeta, index_instance
+from dicom_node.spool import Spool, SpoolFullError, valid_uid
+
+log = logging.getLogger(__name__)
+
+# Transfer syntaxes we accept: uncompressed, deflated and every compressed syntax that our
+# decoder plugins (pylibjpeg, openjpeg, pyjpegls, RLE) can read, so a model can use them.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessP14,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+)
+assert set(TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES) | {
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+}
+
+# C-STORE statuses (PS3.4 Annex B.2.3 and PS3.7 C.4.2.1.4).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+CANNOT_PARSE = 0xC210  # the dataset could not be decoded (truncated, not DICOM)
+INVALID_UID = 0xC220  # a required UID is missing or not a valid UID
+UID_MISMATCH = 0xC221  # command and dataset disagree on the SOP Instance UID
+INTERNAL_ERROR = 0xC2FF
+
+# Only these header attributes are read at receive time; pixel data stays on disk.
+_DEFER = 64 * 1024
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows (the standard's list, incl. retired ones)."""
+    return sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
+
+
+class StoreRejected(Exception):
+    """Carries the status and the reason for a refused C-STORE."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):  # multi-valued (e.g. ImageType): join like DICOM
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _check_not_truncated(ds: Dataset, size: int) -> None:
+    """Refuse a file whose last element claims more bytes than were received.
+
+    pydicom reads a truncated value without complaint (it just returns fewer bytes), and a
+    model would later fail on it; the sender can still fix it now.
+    """
+    for raw in ds._dict.values():
+        if not isinstance(raw, RawDataElement) or raw.length in (0, 0xFFFFFFFF):
+            continue
+        if raw.value is None:
+            if raw.value_tell + raw.length > size:
+                raise StoreRejected(
+                    CANNOT_PARSE,
+                    f"element {raw.tag} is truncated: needs {raw.length} bytes, "
+                    f"{max(size - raw.value_tell, 0)} received",
+                )
+        elif len(raw.value) < raw.length:
+            raise StoreRejected(
+                CANNOT_PARSE,
+                f"element {raw.tag} is truncated: needs {raw.length} bytes, "
+                f"{len(raw.value)} received",
+            )
+
+
+def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
+    """Read and check the header of a received file.
+
+    Raises
+    ------
+    StoreRejected
+        With the status to answer and the reason to log.
+    """
+    size = path.stat().st_size
+    try:
+        ds = dcmread(path, defer_size=_DEFER)
+        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+        # Touch the header attributes we need: decoding errors surface here, not later.
+        study_uid = _text(ds, "StudyInstanceUID")
+        series_uid = _text(ds, "SeriesInstanceUID")
+        sop_uid = _text(ds, "SOPInstanceUID")
+        sop_class = _text(ds, "SOPClassUID")
+        meta = InstanceMeta(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=transfer_syntax,
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_date=_text(ds, "StudyDate"),
+            study_description=_text(ds, "StudyDescription"),
+            modality=_text(ds, "Modality"),
+            body_part=_text(ds, "BodyPartExamined"),
+            series_description=_text(ds, "SeriesDescription"),
+            series_number=_text(ds, "SeriesNumber"),
+            instance_number=_int_or_none(ds.get("InstanceNumber")),
+        )
+    except StoreRejected:
+        raise
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise StoreRejected(CANNOT_PARSE, f"dataset cannot be parsed: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds of errors on corrupt data
+        raise StoreRejected(CANNOT_PARSE, f"dataset cannot be parsed: {exc!r}") from exc
+    _check_not_truncated(ds, size)
+    for name, uid in (
+        ("SOPClassUID", sop_class),
+        ("SOPInstanceUID", sop_uid),
+        ("StudyInstanceUID", study_uid),
+        ("SeriesInstanceUID", series_uid),
+    ):
+        if not uid:
+            raise StoreRejected(INVALID_UID, f"{name} is missing")
+        if not valid_uid(uid):
+            raise StoreRejected(INVALID_UID, f"{name} {uid[:80]!r} is not a valid UID")
+    if sop_class != command_sop_class:
+        raise StoreRejected(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class {sop_class} differs from the request's {command_sop_class}",
+        )
+    if sop_uid != command_sop_instance:
+        raise StoreRejected(
+            UID_MISMATCH,
+            f"dataset SOP Instance UID {sop_uid} differs from the request's "
+            f"{command_sop_instance[:80]!r}",
+        )
+    return meta
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class ReceiveStats:
+    """Counters for /metrics; updated under a lock from the association threads."""
+
+    instances: int = 0
+    bytes: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    associations: int = 0
+    rejected_associations: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+
+class StoreSCP:
+    """The node's Application Entity in the SCP role."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        spool: Spool,
+        *,
+        on_instance: Callable[[InstanceMeta], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.spool = spool
+        self.on_instance = on_instance
+        self.stats = ReceiveStats()
+        self._server: ThreadedAssociationServer | None = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        scp = self.settings.scp
+        ae = AE(ae_title=self.settings.node.ae_title)
+        ae.maximum_pdu_size = scp.max_pdu_size
+        ae.network_timeout = scp.network_timeout
+        ae.acse_timeout = 30
+        ae.dimse_timeout = scp.network_timeout
+        ae.maximum_associations = 32
+        ae.require_called_aet = scp.require_called_ae
+        if scp.allowed_calling_aes:
+            ae.require_calling_aet = list(scp.allowed_calling_aes)
+        ae.add_supported_context(Verification)
+        for sop_class in storage_sop_classes():
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> ThreadedAssociationServer:
+        # Stream each incoming dataset to a file in the spool's own folder instead of RAM:
+        # memory stays flat for 500 MB instances and the final step is a same-disk link.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
+            tempfile.NamedTemporaryFile, dir=str(self.spool.tmp)
+        )
+        handlers = [
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+        ]
+        server_class = _host_filtering_server(self.settings.scp.allowed_hosts, self.stats)
+        self._server = self.ae.start_server(
+            (self.settings.scp.host, self.settings.scp.port),
+            block=False,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            server_class=server_class,
+        )
+        log.info(
+            "SCP %s listening on %s:%d",
+            self.settings.node.ae_title,
+            self.settings.scp.host,
+            self.bound_port,
+        )
+        return self._server
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None:
+            return self.settings.scp.port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers (never raise) -------------------------------------------------------
+    def _handle_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def _handle_accepted(self, event: Event) -> None:
+        self.stats.add(associations=1)
+        req = event.assoc.requestor
+        log.info("association accepted from %s@%s", req.ae_title, req.address)
+
+    def _handle_rejected(self, event: Event) -> None:
+        self.stats.add(rejected_associations=1)
+        req = event.assoc.requestor
+        log.warning(
+            "association rejected: calling AE %r from %s, called AE %r",
+            req.ae_title,
+            req.address,
+            event.assoc.acceptor.ae_title,
+        )
+
+    def _handle_store(self, event: Event) -> int:
+        request = event.request
+        sop_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
+        try:
+            return self._store(event)
+        except StoreRejected as exc:
+            self.stats.add(failures=1)
+            log.warning("C-STORE %s refused 0x%04X: %s", sop_uid[:64], exc.status, exc.reason)
+            return exc.status
+        except SpoolFullError as exc:
+            self.stats.add(failures=1)
+            log.error("C-STORE %s: out of resources: %s", sop_uid[:64], exc)
+            return OUT_OF_RESOURCES
+        except SQLAlchemyError as exc:
+            # The file is durable but not indexed: answer a failure so the sender retries;
+            # the retry (or start-up reconciliation) completes the index.
+            self.stats.add(failures=1)
+            log.error("C-STORE %s: database error: %s", sop_uid[:64], type(exc).__name__)
+            return OUT_OF_RESOURCES
+        except Exception:
+            self.stats.add(failures=1)
+            log.exception("C-STORE %s: unexpected error", sop_uid[:64])
+            return INTERNAL_ERROR
+
+    def _store(self, event: Event) -> int:
+        request = event.request
+        try:
+            temp = Path(event.dataset_path)
+        except AttributeError as exc:  # pragma: no cover - chunked mode is always on
+            raise StoreRejected(CANNOT_UNDERSTAND, "no dataset in the request") from exc
+        command_class = str(getattr(request, "AffectedSOPClassUID", "") or "")
+        command_instance = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
+        meta = read_meta(temp, command_class, command_instance)
+        stored = self.spool.commit(temp, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        requestor = event.assoc.requestor
+        outcome = index_instance(
+            self.sessions,
+            meta,
+            stored.path,
+            stored.size,
+            calling_ae=str(requestor.ae_title).strip(),
+            remote_address=str(requestor.address),
+            late_rule=self.settings.completion.late_instances,
+        )
+        if outcome.created:
+            self.stats.add(instances=1, bytes=stored.size)
+        else:
+            self.stats.add(duplicates=1)
+            log.info("C-STORE %s: duplicate, already stored", meta.sop_instance_uid)
+        if self.on_instance is not None:
+            self.on_instance(meta)
+        return SUCCESS
+
+
+def _host_filtering_server(
+    allowed_hosts: tuple[str, ...], stats: ReceiveStats
+) -> type[ThreadedAssociationServer]:
+    """A server class that drops connections from addresses not in the allow-list.
+
+    The calling AE title is trivially spoofed, so sites that care also restrict addresses;
+    a refused host gets no association at all (the TCP connection is closed).
+    """
+    allowed = frozenset(allowed_hosts)
+
+    class _Server(ThreadedAssociationServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            if allowed and client_address[0] not in allowed:
+                stats.add(rejected_associations=1)
+                log.warning("connection from %s refused: host not allowed", client_address[0])
+                return False
+            return True
+
+    return _Server
