@@ -1,3 +1,6 @@
-"""dicom-node: receive DICOM series, run CNN classifiers, send results back. Not for diagnostic use."""
+"""dicom-node: receive DICOM series, run CNN classifiers, send results back.
+
+Not for diagnostic use.
+"""
 
 __version__ = "0.1.0"

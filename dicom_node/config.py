@@ -148,6 +148,26 @@ class Route(_Strict):
         return self
 
 
+class WebSettings(_Strict):
+    """The admin page (``dicom_node.web``): where it listens and how sessions behave."""
+
+    enabled: bool = True
+    # Loopback by default: the page shows patient data, so exposing it is a deliberate choice.
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    # Signs the session cookie. Empty: generated once and kept in the node_setting table.
+    secret_key: str = ""
+    session_max_age: int = Field(8 * 3600, ge=60)
+    # Failed logins allowed per client address and per username within the window (then 429).
+    login_rate_limit: int = Field(5, ge=1)
+    login_rate_window: float = Field(300, gt=0)
+    # Set when the page is served over TLS (directly or by a proxy): cookie gets "Secure".
+    https_only: bool = False
+    # Addresses of reverse proxies whose X-Forwarded-For is believed; empty = none.
+    forwarded_allow_ips: tuple[str, ...] = ()
+    page_size: int = Field(50, ge=5, le=500)
+
+
 class Settings(_Strict):
     node: NodeSettings = NodeSettings()
     scp: ScpSettings = ScpSettings()
@@ -157,6 +177,7 @@ class Settings(_Strict):
     models: ModelSettings = ModelSettings()
     destinations: tuple[Destination, ...] = ()
     routes: tuple[Route, ...] = ()
+    web: WebSettings = WebSettings()
     # Where the settings came from, for messages; not a configuration key.
     source: str = Field("<defaults>", exclude=True)
 

@@ -51,6 +51,13 @@ class Base(DeclarativeBase):
 
 class Study(Base):
     __tablename__ = "study"
+    # Sort keys of the admin studies list (migration 0002): without them, sorting 100,000
+    # studies by patient or accession reads and sorts the whole table for every page.
+    __table_args__ = (
+        Index("ix_study_patient_id", "patient_id"),
+        Index("ix_study_patient_name", "patient_name"),
+        Index("ix_study_accession_number", "accession_number"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -227,6 +234,26 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API (migration 0002).
+
+    Only a SHA-256 of the token is stored: tokens are 256-bit random strings, so a fast hash
+    is enough (no dictionary to attack) and lets a request be checked with one index lookup.
+    """
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    user: Mapped[User] = relationship()
 
 
 class AuditEntry(Base):

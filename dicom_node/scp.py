@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Callable
@@ -101,7 +102,59 @@ def storage_sop_classes() -> list[str]:
     return sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
 
 
-class StoreRejected(Exception):
+class IncomingFile:
+    """Where pynetdicom streams a dataset while it arrives (``STORE_RECV_CHUNKED_DATASET``).
+
+    A write error (disk full, I/O error) is remembered instead of raised: raised inside
+    pynetdicom's reactor thread it would kill the association without a status, whereas
+    remembered, the handler answers 0xA700 and the sender knows to retry later. Flushing
+    happens once, in ``sync``, instead of after every PDU.
+    """
+
+    def __init__(self, folder: Path, **_ignored: Any) -> None:
+        # pynetdicom passes NamedTemporaryFile's arguments (delete, mode, suffix): ours
+        # are fixed, so they are ignored.
+        self.error: OSError | None = None
+        try:
+            self._fh: Any = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by pynetdicom
+                dir=folder, delete=False, mode="wb", suffix=".part"
+            )
+        except OSError as exc:
+            self.error = exc
+            self._fh = open(os.devnull, "wb")  # noqa: SIM115
+        self.name: str = self._fh.name
+        self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return int(self._fh.write(data))
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+    def flush(self) -> None:
+        """Per-fragment flush: deferred to ``sync``."""
+
+    def sync(self) -> None:
+        """Flush and fsync: after this the bytes survive a crash or power loss."""
+        if self.error is not None:
+            raise SpoolFullError(self.error.errno, f"spool write failed: {self.error.strerror}")
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self.error = exc
+            raise SpoolFullError(exc.errno, f"spool write failed: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+
+class StoreRejectedError(Exception):
     """Carries the status and the reason for a refused C-STORE."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -130,13 +183,13 @@ def _check_not_truncated(ds: Dataset, size: int) -> None:
             continue
         if raw.value is None:
             if raw.value_tell + raw.length > size:
-                raise StoreRejected(
+                raise StoreRejectedError(
                     CANNOT_PARSE,
                     f"element {raw.tag} is truncated: needs {raw.length} bytes, "
                     f"{max(size - raw.value_tell, 0)} received",
                 )
         elif len(raw.value) < raw.length:
-            raise StoreRejected(
+            raise StoreRejectedError(
                 CANNOT_PARSE,
                 f"element {raw.tag} is truncated: needs {raw.length} bytes, "
                 f"{len(raw.value)} received",
@@ -148,7 +201,7 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
 
     Raises
     ------
-    StoreRejected
+    StoreRejectedError
         With the status to answer and the reason to log.
     """
     size = path.stat().st_size
@@ -177,13 +230,15 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
             series_number=_text(ds, "SeriesNumber"),
             instance_number=_int_or_none(ds.get("InstanceNumber")),
         )
-    except StoreRejected:
+    except StoreRejectedError:
         raise
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise StoreRejected(CANNOT_PARSE, f"dataset cannot be parsed: {exc}") from exc
+        raise StoreRejectedError(CANNOT_PARSE, f"dataset cannot be parsed: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds of errors on corrupt data
-        raise StoreRejected(CANNOT_PARSE, f"dataset cannot be parsed: {exc!r}") from exc
-    _check_not_truncated(ds, size)
+        raise StoreRejectedError(CANNOT_PARSE, f"dataset cannot be parsed: {exc!r}") from exc
+    if transfer_syntax != DeflatedExplicitVRLittleEndian:
+        # Offsets in a deflated file refer to the inflated stream, not the file size.
+        _check_not_truncated(ds, size)
     for name, uid in (
         ("SOPClassUID", sop_class),
         ("SOPInstanceUID", sop_uid),
@@ -191,16 +246,16 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
         ("SeriesInstanceUID", series_uid),
     ):
         if not uid:
-            raise StoreRejected(INVALID_UID, f"{name} is missing")
+            raise StoreRejectedError(INVALID_UID, f"{name} is missing")
         if not valid_uid(uid):
-            raise StoreRejected(INVALID_UID, f"{name} {uid[:80]!r} is not a valid UID")
+            raise StoreRejectedError(INVALID_UID, f"{name} {uid[:80]!r} is not a valid UID")
     if sop_class != command_sop_class:
-        raise StoreRejected(
+        raise StoreRejectedError(
             DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"dataset SOP Class {sop_class} differs from the request's {command_sop_class}",
         )
     if sop_uid != command_sop_instance:
-        raise StoreRejected(
+        raise StoreRejectedError(
             UID_MISMATCH,
             f"dataset SOP Instance UID {sop_uid} differs from the request's "
             f"{command_sop_instance[:80]!r}",
@@ -275,8 +330,8 @@ class StoreSCP:
         # Stream each incoming dataset to a file in the spool's own folder instead of RAM:
         # memory stays flat for 500 MB instances and the final step is a same-disk link.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
-            tempfile.NamedTemporaryFile, dir=str(self.spool.tmp)
+        _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
+            IncomingFile, self.spool.tmp
         )
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),
@@ -285,19 +340,22 @@ class StoreSCP:
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
         server_class = _host_filtering_server(self.settings.scp.allowed_hosts, self.stats)
-        self._server = self.ae.start_server(
+        server = self.ae.make_server(
             (self.settings.scp.host, self.settings.scp.port),
-            block=False,
             evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=server_class,
         )
+        thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # so AE.shutdown() also stops it
+        self._server = server
         log.info(
             "SCP %s listening on %s:%d",
             self.settings.node.ae_title,
             self.settings.scp.host,
             self.bound_port,
         )
-        return self._server
+        return server
 
     @property
     def bound_port(self) -> int:
@@ -334,7 +392,7 @@ class StoreSCP:
         sop_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
         try:
             return self._store(event)
-        except StoreRejected as exc:
+        except StoreRejectedError as exc:
             self.stats.add(failures=1)
             log.warning("C-STORE %s refused 0x%04X: %s", sop_uid[:64], exc.status, exc.reason)
             return exc.status
@@ -358,11 +416,19 @@ class StoreSCP:
         try:
             temp = Path(event.dataset_path)
         except AttributeError as exc:  # pragma: no cover - chunked mode is always on
-            raise StoreRejected(CANNOT_UNDERSTAND, "no dataset in the request") from exc
+            raise StoreRejectedError(CANNOT_UNDERSTAND, "no dataset in the request") from exc
+        incoming = getattr(request, "_dataset_file", None)
+        if isinstance(incoming, IncomingFile):
+            incoming.sync()  # raises SpoolFullError -> 0xA700 if any write failed
+            synced = True
+        else:  # pragma: no cover - another temp-file factory was installed
+            synced = False
         command_class = str(getattr(request, "AffectedSOPClassUID", "") or "")
         command_instance = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
         meta = read_meta(temp, command_class, command_instance)
-        stored = self.spool.commit(temp, meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+        stored = self.spool.commit(
+            temp, meta.study_uid, meta.series_uid, meta.sop_instance_uid, synced=synced
+        )
         requestor = event.assoc.requestor
         outcome = index_instance(
             self.sessions,

@@ -74,7 +74,15 @@ class Spool:
             _fsync_dir(made.parent)
         self._known_dirs.add(folder)
 
-    def commit(self, temp_file: Path, study_uid: str, series_uid: str, sop_uid: str) -> SpoolResult:
+    def commit(
+        self,
+        temp_file: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        *,
+        synced: bool = False,
+    ) -> SpoolResult:
         """Make ``temp_file`` durable under its final name.
 
         ``temp_file`` should live in ``self.tmp`` (same file system) so the final step is a
@@ -88,12 +96,15 @@ class Spool:
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
         try:
-            fd = os.open(temp_file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+            if synced:  # the writer already flushed and fsynced its file
+                size = temp_file.stat().st_size
+            else:
+                fd = os.open(temp_file, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
             self._ensure_dir(final.parent)
             try:
                 os.link(temp_file, final)

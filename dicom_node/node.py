@@ -1,0 +1,221 @@
+"""The serving process: SCP, completion, delivery, worker processes (and the admin app).
+
+Receiving, routing, processing and delivering are separate loops (as in mercure), so one
+failing or slow does not stop the others. All state is in the database: a restart requeues
+interrupted jobs, keeps pending deliveries with their attempt counts, and indexes any spool
+file that a crash left without an index row.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.completion import CompletionThread
+from dicom_node.config import Settings
+from dicom_node.db import Instance, create_engine, session_factory
+from dicom_node.delivery import Deliverer, DeliveryThread
+from dicom_node.index import InstanceMeta, index_instance
+from dicom_node.pipeline import requeue_interrupted
+from dicom_node.scp import StoreSCP, _text
+from dicom_node.spool import Spool, valid_uid
+from dicom_node.worker import InProcessWorker, worker_main
+
+log = logging.getLogger(__name__)
+
+
+def model_availability(settings: Settings) -> Callable[[str], bool]:
+    """Which models have their weights; routes to the others wait (and say so)."""
+    try:
+        from inference.registry import load_manifests
+
+        manifests = load_manifests(settings.models_dir)
+    except ImportError:  # pragma: no cover - runtime not installed
+        return lambda _m: False
+    available = {mid for mid, m in manifests.items() if m.weights_available()}
+    return lambda model_id: model_id in available
+
+
+def reconcile_spool(spool: Spool, sessions: sessionmaker[Session]) -> int:
+    """Index spool files that have no index row (a crash between fsync and commit).
+
+    Such a file never got a Success answer, but its bytes are safe; indexing it now means a
+    sender that does not retry still has its instance processed.
+    """
+    with sessions() as session:
+        known = set(session.scalars(select(Instance.path)).all())
+    added = 0
+    for path in spool.iter_files():
+        if str(path) in known:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            meta = InstanceMeta(
+                study_uid=_text(ds, "StudyInstanceUID"),
+                series_uid=_text(ds, "SeriesInstanceUID"),
+                sop_instance_uid=_text(ds, "SOPInstanceUID"),
+                sop_class_uid=_text(ds, "SOPClassUID"),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                patient_id=_text(ds, "PatientID"),
+                patient_name=_text(ds, "PatientName"),
+                accession_number=_text(ds, "AccessionNumber"),
+                study_date=_text(ds, "StudyDate"),
+                modality=_text(ds, "Modality"),
+                body_part=_text(ds, "BodyPartExamined"),
+                series_description=_text(ds, "SeriesDescription"),
+            )
+            if not all(
+                valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+            ):
+                continue
+            outcome = index_instance(sessions, meta, path, path.stat().st_size)
+            added += int(outcome.created)
+        except Exception:
+            log.exception("cannot index spool file %s", path.name)
+    if added:
+        log.warning("indexed %d spool file(s) that had no index row", added)
+    return added
+
+
+class Node:
+    """Everything ``dicom-node serve`` runs, startable and stoppable from tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        models: Any | None = None,
+        web: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine: Engine = create_engine(settings.database_url)
+        self.sessions = session_factory(self.engine)
+        self.spool = Spool(settings.spool_dir)
+        self.scp = StoreSCP(settings, self.sessions, self.spool)
+        self.model_available = model_availability(settings)
+        self.completion = CompletionThread(self.sessions, settings, self.model_available)
+        self.deliverer = Deliverer(settings, self.sessions)
+        self.delivery = DeliveryThread(self.deliverer)
+        self._models = models
+        self._web_enabled = web
+        self._web: Any = None
+        self._stop = mp.get_context("spawn").Event()
+        self._workers: dict[str, mp.process.BaseProcess] = {}
+        self._inproc: InProcessWorker | None = None
+        self._supervisor: threading.Thread | None = None
+        self._running = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        left = self.spool.clean_incoming()
+        if left:
+            log.warning("removed %d partial file(s) left by an interrupted receive", left)
+        requeued = requeue_interrupted(self.sessions)
+        if requeued:
+            log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
+        reconcile_spool(self.spool, self.sessions)
+        self.scp.start()
+        self.completion.start()
+        self.delivery.start()
+        self._running.set()
+        if self.settings.workers.processes == 0 or self._models is not None:
+            self._inproc = InProcessWorker(self.settings, self.sessions, self._models)
+            self._inproc.start()
+        else:
+            for i in range(self.settings.workers.processes):
+                self._spawn_worker(f"w{i + 1}")
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="supervisor", daemon=True
+            )
+            self._supervisor.start()
+        if self._web_enabled:
+            self._start_web()
+
+    def _start_web(self) -> None:
+        web_settings = getattr(self.settings, "web", None)
+        if web_settings is None or not getattr(web_settings, "enabled", False):
+            return
+        try:
+            from dicom_node.web.server import start_web
+        except ImportError:  # pragma: no cover - web app not installed
+            log.warning("admin web app not available")
+            return
+        self._web = start_web(self.settings, self.sessions, None, self.status)
+
+    def _spawn_worker(self, name: str) -> None:
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(
+            target=worker_main, args=(self.settings, name, self._stop), name=f"worker-{name}"
+        )
+        proc.daemon = True
+        proc.start()
+        self._workers[name] = proc
+
+    def _supervise(self) -> None:
+        """Restart a worker that died (out of memory, a crash in a native library)."""
+        while self._running.is_set():
+            for name, proc in list(self._workers.items()):
+                if not proc.is_alive() and self._running.is_set():
+                    log.error("worker %s exited with %s; restarting", name, proc.exitcode)
+                    requeue_interrupted(self.sessions, worker=name)
+                    self._spawn_worker(name)
+            self._stop.wait(2.0)
+
+    def stop(self) -> None:
+        self._running.clear()
+        self._stop.set()
+        self.scp.stop()
+        self.completion.stop()
+        self.delivery.stop()
+        if self._inproc is not None:
+            self._inproc.stop()
+            self._inproc.join(timeout=30)
+        for proc in self._workers.values():
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+        if self._web is not None:
+            self._web.stop()
+        self.completion.join(timeout=10)
+        self.delivery.join(timeout=30)
+        self.engine.dispose()
+
+    # -- status for health checks and metrics ------------------------------------------
+    def status(self) -> dict[str, Any]:
+        stats = self.scp.stats
+        spool_ok = _writable(self.spool.tmp)
+        return {
+            "scp_listening": self.scp._server is not None,
+            "spool_writable": spool_ok,
+            "workers_alive": sum(p.is_alive() for p in self._workers.values())
+            + int(self._inproc is not None and self._inproc.is_alive()),
+            "workers_configured": max(self.settings.workers.processes, 1),
+            "receive": {
+                "instances": stats.instances,
+                "bytes": stats.bytes,
+                "duplicates": stats.duplicates,
+                "failures": stats.failures,
+                "associations": stats.associations,
+                "rejected_associations": stats.rejected_associations,
+            },
+            "deliveries": dict(self.deliverer.counts),
+        }
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder / ".healthz"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        return True
+    except OSError:
+        return False

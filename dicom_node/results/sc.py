@@ -1,0 +1,335 @@
+"""Grad-CAM Secondary Capture: the heatmap a person looks at, with the result burned in.
+
+Every PACS viewer can show a Secondary Capture, so this is the result most users will
+see. The picture is the runtime's overlay (heatmap blended over the correctly windowed
+source image) with model, predicted class, probability and "NOT FOR DIAGNOSTIC USE"
+burned into the pixels (in a band added above the picture), so no viewer can show the
+heatmap without its caveat.
+
+highdicom's ``SCImage.from_ref_dataset`` copies patient and study from the source; the
+rest is fixed here because highdicom does not do it:
+
+* Conversion Type WSD (workstation): highdicom hard-codes DI (digitized image).
+* Burned In Annotation YES: the pixels carry text (PS3.3 C.7.6.1.1.11).
+* Source Image Sequence: the image (and frame) the heatmap explains.
+* Patient Orientation: from the source, or derived from its Image Orientation (Patient);
+  highdicom accepts only single letters, so it is written after construction.
+* Laterality: present only for paired body parts (dciodvfy ties it to Body Part
+  Examined), empty when the source does not say which side.
+
+Small images are enlarged by an integer factor (nearest neighbour) before the text is
+drawn, so the caveat stays legible on a 64 x 64 MR slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node import identity
+from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
+    algorithm_equipment,
+    check_prediction,
+    check_sources,
+    ensure_encodable,
+    header_copy,
+    headline_probability,
+)
+from inference.types import Heatmap, SeriesPrediction
+
+# Shorter image side below which the picture is enlarged before text is drawn.
+MIN_SIDE: Final = 512
+TEXT_COLOUR: Final = (255, 255, 255)
+WARNING_COLOUR: Final = (255, 255, 0)
+
+# Body Part Examined terms that dicom3tools' dciodvfy knows as unpaired structures (it
+# then forbids Laterality). Every other term, including ones it does not know, it treats
+# as paired and requires Laterality (Type 2C, empty when unknown). Checked with dciodvfy
+# from Debian's dicom3tools against every defined term of PS3.16 Annex L we tried.
+UNPAIRED_BODY_PARTS: Final = frozenset(
+    {
+        "ABDOMEN", "ABDOMENPELVIS", "AORTA", "BACK", "BLADDER", "BRAIN", "CEREBELLUM",
+        "CERVIX", "CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "CIRCLEOFWILLIS", "COCCYX",
+        "COLON", "CORONARYARTERY", "CSPINE", "CTSPINE", "DUODENUM", "ESOPHAGUS", "FACE",
+        "GALLBLADDER", "HEAD", "HEADNECK", "HEART", "ILEUM", "ILIUM", "JAW", "JEJUNUM",
+        "LARYNX", "LIVER", "LSPINE", "LSSPINE", "MAXILLA", "MEDIASTINUM", "MOUTH", "NECK",
+        "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV", "NOSE", "PANCREAS", "PELVIS",
+        "PENIS", "PHARYNX", "PROSTATE", "RECTUM", "SKULL", "SPINE", "SPLEEN", "SSPINE",
+        "STERNUM", "STOMACH", "THYMUS", "THYROID", "TLSPINE", "TONGUE", "TRACHEA",
+        "TSPINE", "URETER", "URETHRA", "UTERUS", "VAGINA", "VULVA", "WHOLEBODY",
+    }
+)  # fmt: skip
+
+# highdicom validates Patient Orientation against single letters only; any valid value
+# lets the constructor run, and the real (possibly oblique or empty) value replaces it.
+_ORIENTATION_PLACEHOLDER: Final = ("L", "P")
+# Direction cosines below this are rounding noise, not obliquity (about 0.6 degrees).
+_COSINE_TOLERANCE: Final = 0.01
+
+
+def build_sc(
+    source: Dataset,
+    heatmap: Heatmap,
+    prediction: SeriesPrediction,
+    *,
+    series_uid: str,
+    instance_uid: str,
+    instance_number: int,
+    series_number: int = DEFAULT_SERIES_NUMBERS["sc"],
+) -> Dataset:
+    """Build the Secondary Capture showing one heatmap with the result burned in.
+
+    Parameters
+    ----------
+    source : pydicom.Dataset
+        The instance the heatmap explains (its header suffices).
+    heatmap : inference.types.Heatmap
+        The runtime's heatmap of ``source``; ``overlay`` is the RGB picture shown.
+    prediction : inference.types.SeriesPrediction
+        The series decision whose model, class and probability are burned in.
+    series_uid, instance_uid : str
+        UIDs of the Secondary Capture (see :mod:`dicom_node.results.uids`).
+    instance_number : int
+        Position of this key image in the SC series (1 = most positive slice).
+    series_number : int, optional
+        Series Number shown by viewers.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The Secondary Capture Image, in the study of ``source``.
+
+    Raises
+    ------
+    ValueError
+        When the heatmap is not of ``source`` (other instance, bad frame) or is not
+        an 8-bit RGB picture, or the prediction is inconsistent.
+    """
+    check_sources([source])
+    check_prediction(prediction)
+    frame = _checked_frame(source, heatmap)
+    pixels = burn_in_text(heatmap.overlay, annotation_lines(prediction, heatmap))
+    model = prediction.model
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header_copy(source),
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=instance_uid,
+        instance_number=instance_number,
+        patient_orientation=_ORIENTATION_PLACEHOLDER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[algorithm_equipment(model)],
+        series_description=f"AI {model.name} heatmap"[:64],
+        manufacturer=identity.MANUFACTURER,
+        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+        software_versions=identity.SOFTWARE_VERSIONS,
+    )
+    sc.PatientOrientation = patient_orientation(source, frame)
+    _set_anatomy(sc, source)
+    _set_derivation(sc, source, frame, prediction, heatmap)
+    ensure_encodable(sc, "secondary capture")
+    return sc
+
+
+def _checked_frame(source: Dataset, heatmap: Heatmap) -> int | None:
+    """Return the 1-based frame of ``source`` the heatmap shows (None: single frame)."""
+    if heatmap.sop_instance_uid != str(source.SOPInstanceUID):
+        raise ValueError(
+            f"heatmap is of instance {heatmap.sop_instance_uid}, "
+            f"not of the source {source.SOPInstanceUID}"
+        )
+    overlay = heatmap.overlay
+    if overlay.dtype != np.uint8 or overlay.ndim != 3 or overlay.shape[2] != 3:
+        raise ValueError(
+            f"heatmap overlay must be uint8 RGB (rows, columns, 3), "
+            f"got {overlay.dtype} {overlay.shape}"
+        )
+    frames = int(source.get("NumberOfFrames") or 1)
+    if frames == 1:
+        if heatmap.frame not in (None, 1):
+            raise ValueError(f"single-frame source has no frame {heatmap.frame}")
+        return None
+    if heatmap.frame is None or not 1 <= heatmap.frame <= frames:
+        raise ValueError(f"heatmap of a {frames}-frame source needs a frame in 1..{frames}")
+    return heatmap.frame
+
+
+def annotation_lines(prediction: SeriesPrediction, heatmap: Heatmap) -> list[str]:
+    """The text burned into the picture, caveat last."""
+    model = prediction.model
+    headline = headline_probability(prediction)
+    predicted = model.class_concepts[prediction.predicted_class].meaning
+    lines = [
+        f"{model.name} {model.version}",
+        f"Predicted: {predicted}",
+        f"P({headline.label}) = {headline.value:.2f}",
+    ]
+    if prediction.finding_present is not None:
+        verdict = "present" if prediction.finding_present else "absent"
+        lines.append(f"{model.finding_type.meaning}: {verdict} (threshold {model.threshold:.2f})")
+    lines.append(f"Heatmap: {heatmap.method}")
+    lines.append(identity.NOT_FOR_DIAGNOSTIC_USE_SHORT)
+    return lines
+
+
+def burn_in_text(overlay: npt.NDArray[np.uint8], lines: Sequence[str]) -> npt.NDArray[np.uint8]:
+    """Return ``overlay`` (enlarged if small) below a black band carrying ``lines``.
+
+    The band is added above the picture rather than drawn over it, so the text hides no
+    anatomy and stays readable over any heatmap colour. Adding rows at the top keeps the
+    row and column directions, so Patient Orientation still holds. The last line (the
+    caveat) is drawn in yellow.
+    """
+    picture = _enlarged(Image.fromarray(np.ascontiguousarray(overlay), mode="RGB"))
+    margin = max(4, picture.width // 100)
+    font = _fitting_font(lines, picture.width - 2 * margin, min(picture.size))
+    line_height = math.ceil(font.size * 1.3)
+    band = 2 * margin + line_height * len(lines)
+    canvas = Image.new("RGB", (picture.width, band + picture.height), (0, 0, 0))
+    canvas.paste(picture, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for number, line in enumerate(lines):
+        colour = WARNING_COLOUR if number == len(lines) - 1 else TEXT_COLOUR
+        draw.text((margin, margin + number * line_height), line, fill=colour, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def enlarged(overlay: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The picture part of :func:`burn_in_text`'s output, without the text band."""
+    image = _enlarged(Image.fromarray(np.ascontiguousarray(overlay), mode="RGB"))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _enlarged(image: Image.Image) -> Image.Image:
+    side = min(image.size)
+    if side >= MIN_SIDE:
+        return image
+    factor = math.ceil(MIN_SIDE / side)
+    # Nearest neighbour by an integer factor: no interpolated colours, geometry unchanged.
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def _fitting_font(lines: Sequence[str], width: int, side: int) -> ImageFont.FreeTypeFont:
+    size = max(14, side // 32)
+    while True:
+        font = ImageFont.load_default(size=size)
+        if not isinstance(font, ImageFont.FreeTypeFont):
+            raise ValueError("Pillow was built without FreeType; cannot draw scalable text")
+        if size <= 8 or max(font.getlength(line) for line in lines) <= width:
+            return font
+        size -= 1
+
+
+def patient_orientation(source: Dataset, frame: int | None) -> list[str]:
+    """Patient Orientation of the picture: the source's, or derived from its geometry.
+
+    Cross-sectional images carry Image Orientation (Patient) instead (at the top level
+    or, for enhanced multi-frame objects, in the functional groups); the row and column
+    direction cosines give the letters, most dominant axis first (PS3.3 C.7.6.1.1.1).
+    Returns empty values (Type 2, allowed) when neither is known.
+    """
+    given = [str(v) for v in (source.get("PatientOrientation") or [])]
+    if len(given) == 2:
+        return given
+    cosines = _image_orientation(source, frame)
+    if cosines is None:
+        return ["", ""]
+    return [_direction_letters(cosines[:3]), _direction_letters(cosines[3:])]
+
+
+def _image_orientation(source: Dataset, frame: int | None) -> list[float] | None:
+    if "ImageOrientationPatient" in source:
+        return [float(v) for v in source.ImageOrientationPatient]
+    groups: list[Dataset] = []
+    per_frame = source.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and frame is not None and frame <= len(per_frame):
+        groups.append(per_frame[frame - 1])
+    shared = source.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        plane = group.get("PlaneOrientationSequence")
+        if plane and "ImageOrientationPatient" in plane[0]:
+            return [float(v) for v in plane[0].ImageOrientationPatient]
+    return None
+
+
+def _direction_letters(vector: Sequence[float]) -> str:
+    # Patient coordinate system (LPS): +x towards the patient's Left, +y Posterior, +z Head.
+    names = (("L", "R"), ("P", "A"), ("H", "F"))
+    order = sorted(range(3), key=lambda axis: -abs(vector[axis]))
+    return "".join(
+        names[axis][0 if vector[axis] > 0 else 1]
+        for axis in order
+        if abs(vector[axis]) > _COSINE_TOLERANCE
+    )
+
+
+def anatomy(source: Dataset) -> tuple[str | None, str | None]:
+    """Return (Body Part Examined, Laterality) for the Secondary Capture.
+
+    Laterality is None (absent) for unpaired parts, "R" or "L" when the source says so
+    (Laterality, else Image Laterality), and "" (Type 2C: present, unknown) otherwise.
+    Without Body Part Examined nobody can tell whether the part is paired, and dciodvfy
+    then requires Laterality too, so an unknown part is handled like a paired one.
+    """
+    body_part = str(source.get("BodyPartExamined") or "").strip().upper() or None
+    if body_part in UNPAIRED_BODY_PARTS:
+        return body_part, None
+    for keyword in ("Laterality", "ImageLaterality"):
+        side = str(source.get(keyword) or "").strip().upper()
+        if side in {"R", "L"}:
+            return body_part, side
+    return body_part, ""
+
+
+def _set_anatomy(sc: Dataset, source: Dataset) -> None:
+    body_part, laterality = anatomy(source)
+    if body_part is not None:
+        sc.BodyPartExamined = body_part
+    if laterality is not None:
+        # Set directly: highdicom's constructor rejects the empty (unknown) value.
+        sc.Laterality = laterality
+
+
+def _set_derivation(
+    sc: Dataset,
+    source: Dataset,
+    frame: int | None,
+    prediction: SeriesPrediction,
+    heatmap: Heatmap,
+) -> None:
+    model = prediction.model
+    # WSD: made by a workstation from other images; highdicom writes DI (digitised).
+    sc.ConversionType = "WSD"
+    # The pixels carry patient-relevant text (model, class, probability, caveat).
+    sc.BurnedInAnnotation = "YES"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        reference.ReferencedFrameNumber = frame
+    reference.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+    ]
+    sc.SourceImageSequence = [reference]
+    sc.DerivationDescription = (
+        f"{heatmap.method} heatmap of {model.name} {model.version} blended over the "
+        f"displayed source image; result text burned in. "
+        f"{identity.NOT_FOR_DIAGNOSTIC_USE_SHORT}."
+    )[:1024]
+    sc.ImageComments = identity.NOT_FOR_DIAGNOSTIC_USE

@@ -1,0 +1,444 @@
+"""TID 1500 Measurement Report carrying one model's classification of one series.
+
+IHE AI Results (AIR) asks for the result of an image classifier as a TID 1500 Measurement
+Report in a Comprehensive 3D SR. Some PACS do not accept that SOP class, so Comprehensive
+SR and Enhanced SR are a per-destination setting; the content tree is the same (it has no
+SCOORD3D items, which only Comprehensive 3D SR may hold).
+
+Content tree (one SR per model and series)::
+
+    CONTAINER Imaging Measurement Report (TID 1500)
+      HAS CONCEPT MOD  Language of content: English
+      HAS OBS CONTEXT  Observer Type: Device, Device Observer UID/Name/...   (TID 1002/1004)
+      HAS CONCEPT MOD  Procedure reported: by modality and body part
+      CONTAINS         Image Library: the source images that have geometry (TID 1600)
+      CONTAINS         Imaging Measurements
+        CONTAINS       Measurement Group (TID 1501)
+          Tracking Identifier + Tracking UID, Finding type, Algorithm identification,
+          Finding site, Source images (with frames), NUM headline probability,
+          NUM probability of every class, CODE Predicted class (local code) = class,
+          CODE <finding type> = Present/Absent (when the runtime decided it)
+      CONTAINS         Qualitative Evaluations
+        CONTAINS       TEXT Comment: not for diagnostic use
+
+Procedure reported codes (``procedure_reported``):
+
+=================  =========================================================
+modality + body    code
+=================  =========================================================
+XR (CR/DX/RG) chest  SCT 399208008 "Plain chest X-ray"
+CT chest           SCT 169069000 "Computed tomography of chest"
+CT head            SCT 303653007 "Computed tomography of head"
+MR head            SCT 241601008 "Magnetic resonance imaging of head"
+XR, CT, MR, PT, NM LOINC "... unspecified body region" (CID 100): 43468-8,
+                   25045-6, 25056-3, 44136-0, 49118-3
+anything else      SCT 363679005 "Imaging procedure" (CID 100)
+=================  =========================================================
+
+The body part comes from Body Part Examined of the first source, or, when that is
+absent, from the model's finding site (a lung model implies chest, a brain model head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Literal
+
+import highdicom as hd
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    CodedConcept,
+    ContainerContentItem,
+    ContentSequence,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    ImageLibrary,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
+
+from dicom_node import identity
+from dicom_node.results import uids
+from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
+    Predecessor,
+    algorithm_equipment,
+    check_prediction,
+    check_sources,
+    ensure_encodable,
+    header_copy,
+    headline_probability,
+    private_coding_schemes,
+    to_coded,
+)
+from inference.types import PRIVATE_SCHEME, Concept, ModelInfo, SeriesPrediction
+
+SRClass = Literal["comprehensive3d", "comprehensive", "enhanced"]
+
+_SR_CLASSES: Final[
+    dict[str, type[hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR]]
+] = {
+    "comprehensive3d": hd.sr.Comprehensive3DSR,
+    "comprehensive": hd.sr.ComprehensiveSR,
+    "enhanced": hd.sr.EnhancedSR,
+}
+
+# SOP Class UID of each SR class, for callers that describe an SR they did not build here.
+SR_CLASS_UIDS: Final[dict[str, str]] = {
+    "comprehensive3d": Comprehensive3DSRStorage,
+    "comprehensive": ComprehensiveSRStorage,
+    "enhanced": EnhancedSRStorage,
+}
+
+# Probabilities are ratios: UCUM "1" (no units), which OHIF and dcmqi expect for them.
+UNITLESS: Final = CodedConcept("1", "UCUM", "no units")
+# DCM 122157 "Probability": concept name of the per-class probability NUM items.
+PROBABILITY: Final = CodedConcept("122157", "DCM", "Probability")
+# DCM 121071 "Finding": the concept modifier that names the class a probability is about.
+FINDING: Final = CodedConcept("121071", "DCM", "Finding")
+# Concept name of the predicted-class evaluation. TID 1501 already uses "Finding" for the
+# finding type, and DICOM has no code for "class predicted by a classifier", so a local
+# code makes the item unambiguous (its scheme is declared in the SR, see common.py).
+PREDICTED_CLASS: Final = CodedConcept("PREDCLASS", PRIVATE_SCHEME, "Predicted class")
+# SCT 52101004 "Present" / 272519000 "Absent": whether the finding type was found.
+PRESENT: Final = CodedConcept("52101004", "SCT", "Present")
+ABSENT: Final = CodedConcept("272519000", "SCT", "Absent")
+# TID 1500 row "Qualitative Evaluations" container, coded in UMLS by the template itself.
+QUALITATIVE_EVALUATIONS: Final = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+_XR_MODALITIES: Final = frozenset({"CR", "DX", "RG", "DR"})
+_BODY_PART_ALIASES: Final[dict[str, str]] = {
+    "CHEST": "CHEST",
+    "LUNG": "CHEST",
+    "THORAX": "CHEST",
+    "HEAD": "HEAD",
+    "BRAIN": "HEAD",
+    "SKULL": "HEAD",
+}
+# SNOMED finding sites that imply a body region when Body Part Examined is absent.
+_SITE_TO_BODY_PART: Final[dict[str, str]] = {
+    "39607008": "CHEST",  # Lung structure
+    "51185008": "CHEST",  # Thoracic structure
+    "12738006": "HEAD",  # Brain structure
+    "69536005": "HEAD",  # Head structure
+}
+_SPECIFIC_PROCEDURES: Final[dict[tuple[str, str], CodedConcept]] = {
+    ("XR", "CHEST"): CodedConcept("399208008", "SCT", "Plain chest X-ray"),
+    ("CT", "CHEST"): CodedConcept("169069000", "SCT", "Computed tomography of chest"),
+    ("CT", "HEAD"): CodedConcept("303653007", "SCT", "Computed tomography of head"),
+    ("MR", "HEAD"): CodedConcept("241601008", "SCT", "Magnetic resonance imaging of head"),
+}
+_MODALITY_PROCEDURES: Final[dict[str, CodedConcept]] = {
+    "XR": CodedConcept("43468-8", "LN", "XR unspecified body region"),
+    "CT": CodedConcept("25045-6", "LN", "CT unspecified body region"),
+    "MR": CodedConcept("25056-3", "LN", "MRI unspecified body region"),
+    "PT": CodedConcept("44136-0", "LN", "PET unspecified body region"),
+    "NM": CodedConcept("49118-3", "LN", "NM unspecified body region"),
+}
+IMAGING_PROCEDURE: Final = CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
+def build_sr(
+    sources: Sequence[Dataset],
+    prediction: SeriesPrediction,
+    *,
+    series_uid: str,
+    instance_uid: str,
+    sr_class: SRClass = "comprehensive3d",
+    predecessor: Predecessor | None = None,
+    series_number: int = DEFAULT_SERIES_NUMBERS["sr"],
+    instance_number: int = 1,
+) -> Dataset:
+    """Build the TID 1500 Measurement Report of one model's result on one series.
+
+    Parameters
+    ----------
+    sources : Sequence[pydicom.Dataset]
+        The instances of the analysed series (headers suffice); all become evidence, and
+        those the model scored are referenced in the measurement group.
+    prediction : inference.types.SeriesPrediction
+        The model's decision on the series.
+    series_uid, instance_uid : str
+        UIDs of the SR (see :mod:`dicom_node.results.uids`).
+    sr_class : {"comprehensive3d", "comprehensive", "enhanced"}, optional
+        SR SOP class; Comprehensive 3D SR is what IHE AIR asks for, the others are for
+        PACS that do not support it.
+    predecessor : Predecessor, optional
+        The SR this one replaces (earlier generation); goes into the Predecessor
+        Documents Sequence so a viewer can tell the newer version.
+    series_number, instance_number : int, optional
+        Numbers shown by viewers.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The SR document, in the study of the sources.
+
+    Raises
+    ------
+    ValueError
+        When the inputs cannot give a valid SR (mixed series, unknown class, a scored
+        image that is not among the sources, unknown ``sr_class``...).
+    """
+    if sr_class not in _SR_CLASSES:
+        raise ValueError(f"sr_class must be one of {sorted(_SR_CLASSES)}, not {sr_class!r}")
+    check_sources(sources)
+    check_prediction(prediction)
+    model = prediction.model
+    used = referenced_sources(sources, prediction)
+    report = MeasurementReport(
+        observation_context=_observation_context(model),
+        procedure_reported=procedure_reported(sources[0], model),
+        imaging_measurements=[_measurement_group(sources, used, prediction)],
+        referenced_images=_library_images(used) or None,
+    )
+    report[0].ContentSequence.append(_not_for_diagnostic_use())
+    # The SR constructor reads Type 2 patient/study attributes from evidence[0] with
+    # attribute access; header copies add them empty where the modality left them out.
+    evidence = [header_copy(ds) for ds in sources]
+    sr = _SR_CLASSES[sr_class](
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=instance_uid,
+        instance_number=instance_number,
+        # COMPLETE: the document holds everything the model produced for this series;
+        # late instances produce a new document that names this one as predecessor,
+        # they do not complete this one. UNVERIFIED: no person has checked an AI result,
+        # and VERIFIED would require a verifying observer we do not have. PRELIMINARY
+        # (is_final=False): an unverified machine output is never the final report.
+        is_complete=True,
+        is_verified=False,
+        is_final=False,
+        previous_versions=[predecessor.as_dataset()] if predecessor else None,
+        contributing_equipment=[algorithm_equipment(model)],
+        series_description=f"AI {model.name} result"[:64],
+        coding_schemes=private_coding_schemes(model, extra=[PRIVATE_SCHEME]),
+        manufacturer=identity.MANUFACTURER,
+        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+        software_versions=identity.SOFTWARE_VERSIONS,
+    )
+    ensure_encodable(sr, "structured report")
+    return sr
+
+
+def referenced_sources(
+    sources: Sequence[Dataset], prediction: SeriesPrediction
+) -> list[tuple[Dataset, list[int] | None]]:
+    """Return the sources the model scored, each with the frames it scored.
+
+    Every SR image reference must point at evidence, so a scored instance missing from
+    ``sources`` is an error. A prediction without per-slice scores references all sources.
+    Frame numbers are given only for multi-frame instances (PS3.3 C.18.4: Referenced
+    Frame Number is meaningful only there); an instance scored without frame numbers is
+    referenced whole.
+    """
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    frames: dict[str, set[int]] = {}
+    for score in prediction.slices:
+        if score.sop_instance_uid not in by_uid:
+            raise ValueError(f"scored instance {score.sop_instance_uid} is not among the sources")
+        selected = frames.setdefault(score.sop_instance_uid, set())
+        if score.frame is not None:
+            selected.add(_checked_frame(by_uid[score.sop_instance_uid], score.frame))
+    if not frames:
+        return [(ds, None) for ds in sources]
+    return [(ds, _frame_list(ds, frames[uid])) for uid, ds in by_uid.items() if uid in frames]
+
+
+def _checked_frame(ds: Dataset, frame: int) -> int:
+    count = int(ds.get("NumberOfFrames") or 1)
+    if not 1 <= frame <= count:
+        raise ValueError(f"frame {frame} of instance {ds.SOPInstanceUID} is outside 1..{count}")
+    return frame
+
+
+def _frame_list(ds: Dataset, frames: set[int]) -> list[int] | None:
+    if int(ds.get("NumberOfFrames") or 1) <= 1 or not frames:
+        return None
+    return sorted(frames)
+
+
+def procedure_reported(source: Dataset, model: ModelInfo) -> CodedConcept:
+    """Code the imaging procedure from modality and body part (see the module table)."""
+    family = _modality_family(str(source.get("Modality", "")).upper())
+    body_part = _body_part(source, model)
+    specific = _SPECIFIC_PROCEDURES.get((family, body_part))
+    if specific is not None:
+        return specific
+    return _MODALITY_PROCEDURES.get(family, IMAGING_PROCEDURE)
+
+
+def _modality_family(modality: str) -> str:
+    return "XR" if modality in _XR_MODALITIES else modality
+
+
+def _body_part(source: Dataset, model: ModelInfo) -> str:
+    examined = str(source.get("BodyPartExamined", "") or "").upper().strip()
+    if examined:
+        return _BODY_PART_ALIASES.get(examined, examined)
+    site = model.finding_site
+    if site is not None and site.scheme_designator in {"SCT", "SRT"}:
+        return _SITE_TO_BODY_PART.get(site.value, "")
+    return ""
+
+
+def _observation_context(model: ModelInfo) -> ObservationContext:
+    # The observer is the model, not a person: a device observer whose UID changes with
+    # the model version, so two versions are never mistaken for one observer.
+    device = DeviceObserverIdentifyingAttributes(
+        uid=uids.model_device_uid(model.id, model.version),
+        name=model.name[:64],
+        manufacturer_name=identity.MANUFACTURER,
+        model_name=f"{model.id} {model.version}"[:64],
+    )
+    return ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=codes.cid270.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _algorithm_identification(model: ModelInfo) -> AlgorithmIdentification:
+    return AlgorithmIdentification(
+        name=model.name, version=model.version, parameters=[f"model id: {model.id}"]
+    )
+
+
+def _measurement_group(
+    sources: Sequence[Dataset],
+    used: list[tuple[Dataset, list[int] | None]],
+    prediction: SeriesPrediction,
+) -> MeasurementsAndQualitativeEvaluations:
+    model = prediction.model
+    series_uid = str(sources[0].SeriesInstanceUID)
+    site = model.finding_site
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uids.finding_tracking_uid(series_uid, model.id),
+            identifier=f"{model.id}: {model.finding_type.meaning}"[:64],
+        ),
+        finding_type=to_coded(model.finding_type),
+        algorithm_id=_algorithm_identification(model),
+        finding_sites=[FindingSite(anatomic_location=to_coded(site))] if site else None,
+        measurements=probability_measurements(prediction),
+        qualitative_evaluations=qualitative_evaluations(prediction),
+        source_images=[
+            SourceImageForMeasurementGroup.from_source_image(ds, referenced_frame_numbers=f)
+            for ds, f in used
+        ],
+    )
+
+
+def qualitative_evaluations(prediction: SeriesPrediction) -> list[QualitativeEvaluation]:
+    """CODE items: the predicted class, and whether the finding is present.
+
+    Presence is coded only when the runtime decided it (a model with positive classes
+    and a threshold): "<finding type> = Present/Absent" is what a worklist can filter on.
+    """
+    model = prediction.model
+    evaluations = [
+        QualitativeEvaluation(
+            name=PREDICTED_CLASS,
+            value=to_coded(model.class_concepts[prediction.predicted_class]),
+        )
+    ]
+    if prediction.finding_present is not None:
+        evaluations.append(
+            QualitativeEvaluation(
+                name=to_coded(model.finding_type),
+                value=PRESENT if prediction.finding_present else ABSENT,
+            )
+        )
+    return evaluations
+
+
+def probability_measurements(prediction: SeriesPrediction) -> list[Measurement]:
+    """NUM items: the headline probability first, then the probability of every class.
+
+    OHIF labels a finding only from NUM items, so the headline (the finding, or the
+    predicted class for models without positive classes) is always present, named by
+    the model's probability concept (e.g. DCM 111047 "Probability of cancer"). What a
+    NUM is the probability of is coded in a ``Finding`` concept modifier, so a reader
+    need not parse text.
+    """
+    model = prediction.model
+    headline = headline_probability(prediction)
+    headline_name = to_coded(model.probability_concept)
+    measurements = [_probability(headline_name, headline.value, headline.concept)]
+    for cls in model.classes:
+        concept = model.class_concepts[cls]
+        if headline_name == PROBABILITY and concept == headline.concept:
+            continue  # the headline already is this class's "Probability" item
+        measurements.append(_probability(PROBABILITY, prediction.probabilities[cls], concept))
+    return measurements
+
+
+def _probability(name: CodedConcept, value: float, about: Concept) -> Measurement:
+    measurement = Measurement(name=name, value=float(value), unit=UNITLESS)
+    modifiers = [
+        CodeContentItem(
+            name=FINDING,
+            value=to_coded(about),
+            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+        ),
+        # TID 300 "Equivalent Meaning of Concept Name": the readable form for people.
+        TextContentItem(
+            name=codes.DCM.EquivalentMeaningOfConceptName,
+            value=f"Probability of {about.meaning}",
+            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+        ),
+    ]
+    measurement[0].ContentSequence = ContentSequence(modifiers)
+    return measurement
+
+
+def _library_images(used: list[tuple[Dataset, list[int] | None]]) -> list[Dataset]:
+    """Sources that the TID 1600 Image Library can describe.
+
+    highdicom's library entry reads Pixel Spacing, Image Orientation/Position and Slice
+    Thickness (CT, MR, PT) or Patient Orientation and Imager Pixel Spacing (projection
+    radiography) from the top level; enhanced multi-frame objects keep them in
+    functional groups and many CR files lack them. The library is optional in TID 1500,
+    so such images are left out of it; they stay referenced and in the evidence.
+    """
+    return [ds for ds, _ in used if _describable(ds)]
+
+
+def _describable(ds: Dataset) -> bool:
+    try:
+        ImageLibrary([ds])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _not_for_diagnostic_use() -> ContainerContentItem:
+    container = ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(
+                name=codes.DCM.Comment,
+                value=identity.NOT_FOR_DIAGNOSTIC_USE,
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    return container

@@ -1,0 +1,235 @@
+"""The JSON API under ``/api``: the pages' data and actions for scripts and dashboards.
+
+Same permissions as the pages: any user reads, admins act; authentication by bearer token
+(``dicom-node users token USER``) or by the page session (then unsafe methods need the
+``X-CSRF-Token`` header). The free-text patient search is only offered as
+``POST /api/studies/search``, so patient data stays out of URLs here too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from dicom_node.web import actions, detail, overview, queries
+from dicom_node.web.audit import audit
+from dicom_node.web.auth import WebUser, api_admin, api_user
+from dicom_node.web.context import get_context, get_db
+from dicom_node.web.filters import SortName, StateName, StudyFilter
+from dicom_node.web.pages import UID_PATTERN
+from dicom_node.web.schemas import (
+    AuditPage,
+    DeliveryInfo,
+    DeliveryPage,
+    Me,
+    ModelStats,
+    RerunResult,
+    StudyDetail,
+    StudyPage,
+)
+
+router = APIRouter(prefix="/api", tags=["api"])
+UidPath = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
+PageParam = Annotated[int, Query(ge=1, le=1_000_000)]
+PageSizeParam = Annotated[int, Query(ge=1, le=500)]
+
+
+class StudySearch(BaseModel):
+    """A studies query with the free-text patient search (in the body, not the URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: StudyFilter = StudyFilter()
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(50, ge=1, le=500)
+    sort: SortName = "received"
+    direction: Literal["asc", "desc"] = "desc"
+
+
+def _list(request: Request, db: Session, user: WebUser, search: StudySearch) -> StudyPage:
+    result = queries.list_studies(
+        db,
+        search.filter,
+        page=search.page,
+        page_size=search.page_size,
+        sort=search.sort,
+        direction=search.direction,
+    )
+    audit(
+        db, request, user.username, "api_list_studies", page=result.page, **search.filter.describe()
+    )
+    return result
+
+
+@router.get("/me", response_model=Me)
+def me(user: WebUser = Depends(api_user)) -> Me:
+    return Me(username=user.username, role=user.role)
+
+
+@router.get("/studies", response_model=StudyPage)
+def list_studies(
+    request: Request,
+    date_from: Annotated[dt.date | None, Query()] = None,
+    date_to: Annotated[dt.date | None, Query()] = None,
+    state: Annotated[StateName, Query()] = "",
+    model: Annotated[str, Query(max_length=64)] = "",
+    modality: Annotated[str, Query(max_length=16)] = "",
+    calling_ae: Annotated[str, Query(max_length=16)] = "",
+    page: PageParam = 1,
+    page_size: PageSizeParam = 50,
+    sort: Annotated[SortName, Query()] = "received",
+    direction: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> StudyPage:
+    """Studies, newest first by default; filters without patient data (for a patient or
+    accession search use ``POST /api/studies/search``)."""
+    filt = StudyFilter(
+        date_from=date_from,
+        date_to=date_to,
+        state=state,
+        model=model,
+        modality=modality,
+        calling_ae=calling_ae,
+    )
+    search = StudySearch(
+        filter=filt, page=page, page_size=page_size, sort=sort, direction=direction
+    )
+    return _list(request, db, user, search)
+
+
+@router.post("/studies/search", response_model=StudyPage)
+def search_studies(
+    request: Request,
+    search: StudySearch,
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> StudyPage:
+    return _list(request, db, user, search)
+
+
+@router.get("/studies/{study_uid}", response_model=StudyDetail)
+def get_study(
+    request: Request,
+    study_uid: UidPath,
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> StudyDetail:
+    info = detail.study_detail(db, study_uid)
+    audit(db, request, user.username, "api_view_study", study_uid, success=info is not None)
+    if info is None:
+        raise HTTPException(status_code=404, detail="no such study")
+    return info
+
+
+@router.post(
+    "/studies/{study_uid}/rerun",
+    response_model=RerunResult,
+    responses={404: {"description": "unknown study"}, 409: {"description": "nothing to re-run"}},
+)
+def rerun_study(
+    request: Request,
+    study_uid: UidPath,
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> RerunResult:
+    """Queue every routed series of the study again (a new generation each)."""
+    try:
+        jobs, errors = actions.rerun_study(get_context(request).actions, db, study_uid)
+    except actions.ActionError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    audit(
+        db,
+        request,
+        user.username,
+        "rerun_study",
+        study_uid,
+        success=bool(jobs) and not errors,
+        jobs=jobs,
+        errors=errors,
+        via="api",
+    )
+    if not jobs:
+        raise HTTPException(status_code=409, detail="; ".join(errors))
+    return RerunResult(study_uid=study_uid, jobs=jobs)
+
+
+@router.get("/models", response_model=list[ModelStats])
+def models(
+    request: Request, user: WebUser = Depends(api_user), db: Session = Depends(get_db)
+) -> list[ModelStats]:
+    return overview.model_stats(db, get_context(request).settings)
+
+
+@router.get("/deliveries", response_model=DeliveryPage)
+def deliveries(
+    state: Annotated[Literal["attention", "failed", "pending"], Query()] = "attention",
+    page: PageParam = 1,
+    page_size: PageSizeParam = 50,
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> DeliveryPage:
+    """Deliveries that are not done: failed and pending ("attention"), or one of them."""
+    states = ("failed", "pending") if state == "attention" else (state,)
+    return overview.attention_deliveries(db, states=states, page=page, page_size=page_size)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    response_model=DeliveryInfo,
+    responses={409: {"description": "unknown delivery or not failed"}},
+)
+def retry_delivery(
+    request: Request,
+    delivery_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> DeliveryInfo:
+    try:
+        delivery = actions.retry_delivery(db, delivery_id, user.username)
+    except actions.ActionError as exc:
+        db.rollback()
+        audit(
+            db,
+            request,
+            user.username,
+            "retry_delivery",
+            str(delivery_id),
+            success=False,
+            error=str(exc),
+            via="api",
+        )
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    audit(
+        db,
+        request,
+        user.username,
+        "retry_delivery",
+        str(delivery_id),
+        study_uid=delivery.study_uid,
+        via="api",
+    )
+    return detail.delivery_info(delivery)
+
+
+@router.get("/audit", response_model=AuditPage)
+def audit_entries(
+    username: Annotated[str, Query(max_length=64)] = "",
+    action: Annotated[str, Query(max_length=32)] = "",
+    page: PageParam = 1,
+    page_size: PageSizeParam = 100,
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> AuditPage:
+    return overview.audit_log(db, username=username, action=action, page=page, page_size=page_size)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request, user: WebUser = Depends(api_user)) -> dict[str, Any]:
+    """The OpenAPI schema, for logged-in users and token holders only."""
+    schema: dict[str, Any] = request.app.openapi()
+    return schema

@@ -1,0 +1,39 @@
+"""Audit entries: who logged in, looked at which study, and did what, from where."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from dicom_node.db import AuditEntry
+from dicom_node.web.auth import client_address
+
+
+def audit(
+    db: Session,
+    request: Request,
+    username: str,
+    action: str,
+    target: str = "",
+    *,
+    success: bool = True,
+    **detail: Any,
+) -> None:
+    """Write one audit entry and commit it.
+
+    Committed on its own, before the response: a view is recorded even if rendering the page
+    fails afterwards, and a failed action is recorded with ``success=False``.
+    """
+    db.add(
+        AuditEntry(
+            username=username[:64],
+            action=action[:32],
+            target=target,
+            client_address=client_address(request)[:64],
+            success=success,
+            detail=detail,
+        )
+    )
+    db.commit()

@@ -1,0 +1,128 @@
+"""Who is asking: session users for the pages, session or bearer-token users for the API.
+
+The session cookie holds only the user id, a stamp of the password hash and the CSRF token;
+the user row is read again on every request, so disabling a user or changing a password
+ends their open sessions at once instead of when the cookie expires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from dicom_node import users
+from dicom_node.db import User
+from dicom_node.web import csrf
+from dicom_node.web.context import get_db
+
+SESSION_USER = "uid"
+SESSION_STAMP = "stamp"
+
+
+@dataclass(frozen=True)
+class WebUser:
+    id: int
+    username: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @classmethod
+    def of(cls, user: User) -> WebUser:
+        return cls(id=user.id, username=user.username, role=user.role)
+
+
+class LoginRequired(Exception):
+    """Raised by page dependencies; the app answers with a redirect to the login page."""
+
+
+class AdminRequired(Exception):
+    """Raised by page dependencies when a viewer tries an admin page or action."""
+
+
+def client_address(request: Request) -> str:
+    """The client's address as uvicorn saw it (X-Forwarded-For only from trusted proxies)."""
+    return request.client.host if request.client else ""
+
+
+def log_in(request: Request, user: User) -> None:
+    """Start a fresh session: a new CSRF token, so a token seen before login is worthless."""
+    request.session.clear()
+    request.session[SESSION_USER] = user.id
+    request.session[SESSION_STAMP] = users.session_stamp(user)
+    csrf.ensure_token(request.session)
+
+
+def log_out(request: Request) -> None:
+    request.session.clear()
+
+
+def session_user(request: Request, db: Session) -> WebUser | None:
+    uid = request.session.get(SESSION_USER)
+    if not isinstance(uid, int):
+        return None
+    user = db.get(User, uid)
+    if (
+        user is None
+        or not user.active
+        or request.session.get(SESSION_STAMP) != users.session_stamp(user)
+    ):
+        return None
+    return WebUser.of(user)
+
+
+def bearer_user(request: Request, db: Session) -> WebUser | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    user = users.user_for_token(db, token.strip())
+    return WebUser.of(user) if user is not None else None
+
+
+def optional_user(request: Request, db: Session) -> WebUser | None:
+    """Bearer token if the request has an Authorization header (then only it), else session."""
+    if request.headers.get("authorization"):
+        return bearer_user(request, db)
+    return session_user(request, db)
+
+
+# -- dependencies -----------------------------------------------------------------------------
+
+
+def page_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
+    """A logged-in user for an HTML page; anonymous visitors are sent to the login page."""
+    user = session_user(request, db)
+    if user is None:
+        raise LoginRequired()
+    request.state.user = user
+    return user
+
+
+def page_admin(user: WebUser = Depends(page_user)) -> WebUser:
+    if not user.is_admin:
+        raise AdminRequired()
+    return user
+
+
+def api_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
+    """A user for the API (bearer token or session); 401 otherwise."""
+    user = optional_user(request, db)
+    if user is None:
+        raise HTTPException(
+            status_code=401,
+            detail="authentication required (session or Authorization: Bearer token)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.user = user
+    return user
+
+
+def api_admin(user: WebUser = Depends(api_user)) -> WebUser:
+    if not user.is_admin:
+        raise HTTPException(status_code=403, detail="admin role required")
+    return user

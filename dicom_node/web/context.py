@@ -1,0 +1,45 @@
+"""What every request handler needs, kept on ``app.state`` by the app factory.
+
+One object instead of module globals, so several apps (tests, two nodes in one process)
+never share a rate limiter, a filter store or a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Settings
+from dicom_node.web.actions import WebActions
+from dicom_node.web.filters import FilterStore
+from dicom_node.web.ratelimit import LoginLimiter
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    actions: WebActions
+    status: StatusFn | None
+    templates: Jinja2Templates
+    limiter: LoginLimiter
+    filters: FilterStore
+
+
+def get_context(request: Request) -> WebContext:
+    """The app's context (a FastAPI dependency)."""
+    ctx: WebContext = request.app.state.web
+    return ctx
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """A database session for one request, closed when the response is sent."""
+    with get_context(request).sessions() as session:
+        yield session

@@ -1,0 +1,154 @@
+"""``/metrics`` in Prometheus text format, computed from the database at scrape time.
+
+The database is the node's shared memory (receive threads, worker processes and the
+delivery loop all write there), so counts from it are right whichever process did the
+work. Process counters the database does not hold (associations, bytes received since
+start) come from the node's ``status`` callable when it provides them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import Delivery, Instance, Job, Result, Series, Study
+from dicom_node.web.context import StatusFn
+from dicom_node.web.overview import total_seconds
+
+# Seconds: a chest X-ray takes ~0.1-2 s, a CT series with Grad-CAM can take a minute.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class NodeCollector(Collector):
+    def __init__(self, sessions: sessionmaker[Session], status: StatusFn | None) -> None:
+        self.sessions = sessions
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        with self.sessions() as session:
+            yield from self._stored(session)
+            yield from self._jobs(session)
+            yield from self._latency(session)
+            yield from self._deliveries(session)
+        yield from self._node()
+
+    def _stored(self, session: Session) -> Iterator[Metric]:
+        instances, size = session.execute(
+            select(func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
+        ).one()
+        g = GaugeMetricFamily("dicom_node_stored_instances", "Instances indexed in the database")
+        g.add_metric([], instances)
+        yield g
+        g = GaugeMetricFamily("dicom_node_stored_bytes", "Bytes of indexed instances in the spool")
+        g.add_metric([], size)
+        yield g
+        g = GaugeMetricFamily("dicom_node_studies", "Studies indexed in the database")
+        g.add_metric([], session.scalar(select(func.count(Study.id))) or 0)
+        yield g
+        g = GaugeMetricFamily("dicom_node_series", "Series by processing state", labels=["state"])
+        for state, count in session.execute(
+            select(Series.state, func.count()).group_by(Series.state)
+        ):
+            g.add_metric([state], count)
+        yield g
+
+    def _jobs(self, session: Session) -> Iterator[Metric]:
+        counts = dict(
+            session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all()
+        )
+        g = GaugeMetricFamily("dicom_node_jobs", "Jobs by state", labels=["state"])
+        for state in sorted({"queued", "running", "done", "failed", *counts}):
+            g.add_metric([state], counts.get(state, 0))
+        yield g
+        pending = session.scalar(select(func.count(Delivery.id)).where(Delivery.state == "pending"))
+        g = GaugeMetricFamily("dicom_node_queue_depth", "Work waiting", labels=["queue"])
+        g.add_metric(["jobs"], counts.get("queued", 0))
+        g.add_metric(["deliveries"], pending or 0)
+        yield g
+
+    def _latency(self, session: Session) -> Iterator[Metric]:
+        """Histogram of ``timings["total"]`` per model, bucketed in one SQL pass."""
+        latency = total_seconds()
+        columns: list[Any] = [
+            func.sum(case((latency <= bound, 1), else_=0)) for bound in LATENCY_BUCKETS
+        ]
+        rows = session.execute(
+            select(Result.model_id, func.count(latency), func.sum(latency), *columns)
+            .where(latency.is_not(None))
+            .group_by(Result.model_id)
+        )
+        h = HistogramMetricFamily(
+            "dicom_node_inference_seconds",
+            "Time from model load to stored results, per series and model",
+            labels=["model"],
+        )
+        for model_id, count, total, *cumulative in rows:
+            buckets = [
+                (str(bound), float(n or 0))
+                for bound, n in zip(LATENCY_BUCKETS, cumulative, strict=True)
+            ]
+            buckets.append(("+Inf", float(count)))
+            h.add_metric([model_id], buckets, sum_value=float(total or 0.0))
+        yield h
+
+    def _deliveries(self, session: Session) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "dicom_node_deliveries",
+            "Deliveries by destination and outcome (pending, done, failed)",
+            labels=["destination", "state"],
+        )
+        for dest, state, count in session.execute(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(
+                Delivery.destination, Delivery.state
+            )
+        ):
+            g.add_metric([dest, state], count)
+        yield g
+
+    def _node(self) -> Iterator[Metric]:
+        if self.status is None:
+            return
+        try:
+            node = self.status()
+        except Exception:  # metrics must still answer when the node status breaks
+            node = {}
+        receive = node.get("receive", {}) or {}
+        for key, doc in (
+            ("instances", "Instances received since the node started"),
+            ("bytes", "Bytes received since the node started"),
+            ("associations", "Associations accepted since the node started"),
+        ):
+            if key in receive:
+                c = CounterMetricFamily(f"dicom_node_received_{key}", doc)
+                c.add_metric([], float(receive[key]))
+                yield c
+        g = GaugeMetricFamily("dicom_node_scp_listening", "1 when the C-STORE SCP listens")
+        g.add_metric([], 1.0 if node.get("scp_listening") else 0.0)
+        yield g
+        g = GaugeMetricFamily("dicom_node_workers_alive", "Worker processes alive")
+        g.add_metric([], float(node.get("workers_alive", 0) or 0))
+        yield g
+        g = GaugeMetricFamily(
+            "dicom_node_model_loaded", "1 when a model is loaded", labels=["model"]
+        )
+        for model, value in (node.get("models", {}) or {}).items():
+            loaded = value.get("loaded", True) if isinstance(value, dict) else value
+            g.add_metric([str(model)], 1.0 if loaded else 0.0)
+        yield g
+
+
+def render_metrics(sessions: sessionmaker[Session], status: StatusFn | None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(sessions, status))
+    return generate_latest(registry)

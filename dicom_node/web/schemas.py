@@ -1,0 +1,241 @@
+"""What the pages and the JSON API show, as pydantic models.
+
+The templates and ``/api`` render the same objects, so the two can never disagree about
+what a study's state is; the models double as the OpenAPI schema of the API. Server file
+paths are never part of them: files are served through authenticated endpoints by id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Level = Literal["ok", "wait", "fail", "none"]
+
+
+class Step(BaseModel):
+    """The state of one step of the data path, with a colour level for the page."""
+
+    state: str
+    level: Level
+    text: str = ""
+
+
+class StudySteps(BaseModel):
+    received: Step
+    complete: Step
+    routed: Step
+    job: Step
+    delivery: Step
+
+
+class ModelCall(BaseModel):
+    """One model's answer on one series (from its most recent job with results)."""
+
+    result_id: int
+    series_uid: str
+    model_id: str
+    model_version: str
+    predicted_class: str
+    probability: float | None = Field(description="probability of the positive class(es)")
+    positive: bool | None = Field(description="probability >= 0.5; None without a probability")
+
+
+class StudyRow(BaseModel):
+    study_uid: str
+    received_at: dt.datetime
+    last_received_at: dt.datetime
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    study_date: str
+    modalities: list[str]
+    body_parts: list[str]
+    calling_aes: list[str]
+    series_count: int
+    instances: int
+    routes: list[str]
+    models: list[ModelCall]
+    steps: StudySteps
+    latency_seconds: float | None = Field(
+        description="last instance received -> last result object delivered (slowest series)"
+    )
+
+
+class StudyPage(BaseModel):
+    items: list[StudyRow]
+    total: int
+    page: int
+    pages: int
+    page_size: int
+    sort: str
+    direction: str
+
+
+class DeliveryInfo(BaseModel):
+    id: int
+    job_id: int | None
+    study_uid: str
+    destination: str
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryInfo]
+    total: int
+    page: int
+    pages: int
+
+
+class SRNode(BaseModel):
+    """One content item of a Structured Report, with its children."""
+
+    relationship: str
+    value_type: str
+    name: str
+    value: str
+    children: list[SRNode] = []
+
+
+class SliceScore(BaseModel):
+    index: int
+    sop_instance_uid: str
+    frame: int | None
+    score: float
+
+
+class ResultObject(BaseModel):
+    kind: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+class ResultInfo(BaseModel):
+    id: int
+    model_id: str
+    model_version: str
+    predicted_class: str
+    positive_probability: float | None
+    positive: bool | None
+    probabilities: dict[str, float]
+    slice_scores: list[SliceScore]
+    timings: dict[str, float]
+    objects: list[ResultObject]
+    has_gradcam: bool
+    has_pdf: bool
+    sr: list[SRNode] | None = None
+    sr_error: str = ""
+    created_at: dt.datetime
+
+
+class JobInfo(BaseModel):
+    id: int
+    generation: int
+    route_name: str
+    state: str
+    attempts: int
+    worker: str
+    error: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    latency_seconds: float | None
+    results: list[ResultInfo]
+    deliveries: list[DeliveryInfo]
+
+
+class SeriesInfo(BaseModel):
+    series_uid: str
+    modality: str
+    body_part: str
+    series_description: str
+    series_number: str
+    calling_ae: str
+    remote_addresses: list[str]
+    instance_count: int
+    state: str
+    generation: int
+    first_received_at: dt.datetime
+    last_received_at: dt.datetime
+    completed_at: dt.datetime | None
+    route_name: str | None
+    route_reason: str
+    jobs: list[JobInfo]
+
+
+class EventInfo(BaseModel):
+    time: dt.datetime
+    last_time: dt.datetime
+    count: int = Field(description="consecutive events of this kind collapsed into this row")
+    kind: str
+    series_uid: str
+    sop_instance_uid: str
+    job_id: int | None
+    delivery_id: int | None
+    duration_ms: float | None
+    detail: dict[str, Any]
+
+
+class StudyDetail(BaseModel):
+    study_uid: str
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    study_date: str
+    study_description: str
+    first_received_at: dt.datetime
+    last_received_at: dt.datetime
+    series: list[SeriesInfo]
+    other_deliveries: list[DeliveryInfo]
+    events: list[EventInfo]
+    events_truncated: bool
+
+
+class ModelStats(BaseModel):
+    model_id: str
+    versions: list[str]
+    routes: list[str]
+    studies: int
+    results: int
+    positives: int
+    mean_latency_seconds: float | None
+    p95_latency_seconds: float | None
+
+
+class AuditRow(BaseModel):
+    id: int
+    time: dt.datetime
+    username: str
+    action: str
+    target: str
+    client_address: str
+    success: bool
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRow]
+    total: int
+    page: int
+    pages: int
+
+
+class RerunResult(BaseModel):
+    study_uid: str
+    jobs: list[int]
+
+
+class Me(BaseModel):
+    username: str
+    role: str

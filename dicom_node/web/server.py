@@ -1,0 +1,101 @@
+"""Serve the admin app with uvicorn in a background thread of the node process.
+
+A thread (not a process) so the page shares the node's database engine and its live
+``status`` callable; uvicorn's event loop runs in that thread, and the node's own threads
+and worker processes are untouched. ``stop()`` asks uvicorn to finish open requests and
+waits for the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Settings
+from dicom_node.web.actions import WebActions
+from dicom_node.web.app import create_app
+from dicom_node.web.context import StatusFn
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    """Handle of a running admin page: ``url``, ``stop()``."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str) -> None:
+        self.server = server
+        self.thread = thread
+        self.url = url
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and self.server.started
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish open requests and stop; idempotent."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            # A long download keeps the graceful shutdown waiting: cut it.
+            self.server.force_exit = True
+            self.thread.join(timeout)
+
+
+def _run(server: uvicorn.Server, failure: list[BaseException]) -> None:
+    try:
+        server.run()
+    except BaseException as exc:  # uvicorn exits with SystemExit when it cannot bind
+        failure.append(exc)
+
+
+def start_web(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    actions: WebActions | None = None,
+    status: StatusFn | None = None,
+    *,
+    startup_timeout: float = 15.0,
+) -> WebServer:
+    """Start the admin page on ``[web] host:port`` and return once it accepts connections.
+
+    Raises
+    ------
+    RuntimeError
+        uvicorn did not start (port in use, address not available) within the timeout.
+    """
+    web = settings.web
+    app = create_app(settings, sessions, actions=actions, status=status)
+    options: dict[str, Any] = {
+        "host": web.host,
+        "port": web.port,
+        "log_level": "info",
+        "access_log": True,  # paths hold UIDs at most: no patient data in this log
+        "lifespan": "off",
+        "server_header": False,
+        # X-Forwarded-For is believed only from configured proxies; otherwise any local
+        # process could pose as another address and dodge the login rate limit.
+        "proxy_headers": bool(web.forwarded_allow_ips),
+        "forwarded_allow_ips": list(web.forwarded_allow_ips) or None,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    failure: list[BaseException] = []
+    thread = threading.Thread(
+        target=_run, args=(server, failure), name="dicom-node-web", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            reason = repr(failure[0]) if failure else "timeout"
+            raise RuntimeError(f"admin page did not start on {web.host}:{web.port}: {reason}")
+        time.sleep(0.02)
+    host = f"[{web.host}]" if ":" in web.host else web.host
+    url = f"http://{host}:{web.port}"
+    log.info("admin page listening on %s", url)
+    return WebServer(server, thread, url)

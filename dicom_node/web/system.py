@@ -1,0 +1,55 @@
+"""``/healthz`` and ``/metrics``: the endpoints monitoring reads, outside the login.
+
+Decision on ``/metrics``: it carries counts only (no patient data), so it answers without
+login when the page listens on loopback only (``[web] host`` = 127.0.0.1, ::1 or localhost:
+only this machine, e.g. a local Prometheus agent, can reach it). On any other bind address
+it needs a bearer token or a session, like the API. A reverse proxy in front of a loopback
+bind should not forward ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.orm import Session
+
+from dicom_node.web import health
+from dicom_node.web.auth import optional_user
+from dicom_node.web.context import get_context, get_db
+from dicom_node.web.metrics import render_metrics
+
+router = APIRouter(include_in_schema=False)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@router.get("/healthz")
+def healthz(request: Request) -> Response:
+    ctx = get_context(request)
+    healthy, details = health.check(ctx.settings, ctx.sessions, ctx.status)
+    return JSONResponse(
+        {"status": "ok" if healthy else "unhealthy", "checks": details},
+        status_code=200 if healthy else 503,
+    )
+
+
+@router.get("/metrics")
+def metrics(request: Request, db: Session = Depends(get_db)) -> Response:
+    ctx = get_context(request)
+    if not is_loopback(ctx.settings.web.host) and optional_user(request, db) is None:
+        return JSONResponse(
+            {"detail": "authentication required"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Response(render_metrics(ctx.sessions, ctx.status), media_type=CONTENT_TYPE_LATEST)

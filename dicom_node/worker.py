@@ -1,0 +1,113 @@
+"""Worker processes: run jobs outside the C-STORE path.
+
+TensorFlow competes with the receive threads for the GIL and both cores, so models run in
+their own process with a bounded number of threads; a long job never delays the answer to
+a sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_node.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelCache:
+    """Loads each model once per worker process, on first use, and keeps it warm."""
+
+    settings: Settings
+    _models: dict[str, Any] = field(default_factory=dict)
+    _manifests: dict[str, Any] | None = None
+
+    def manifests(self) -> dict[str, Any]:
+        if self._manifests is None:
+            from inference.registry import load_manifests
+
+            self._manifests = load_manifests(self.settings.models_dir)
+        return self._manifests
+
+    def get(self, model_id: str) -> Any:
+        if model_id not in self._models:
+            from inference.registry import load_model
+
+            manifest = self.manifests().get(model_id)
+            if manifest is None:
+                raise KeyError(f"model {model_id!r} not found in {self.settings.models_dir}")
+            log.info("loading model %s %s", manifest.id, manifest.version)
+            self._models[model_id] = load_model(
+                manifest, threads=self.settings.workers.inference_threads
+            )
+        return self._models[model_id]
+
+
+def worker_main(settings: Settings, name: str, stop: Any) -> None:
+    """Entry point of a worker process (multiprocessing, spawn start method)."""
+    from dicom_node.db import create_engine, session_factory
+    from dicom_node.logs import setup_logging
+    from dicom_node.pipeline import JobRunner, claim_next_job
+
+    setup_logging(f"worker-{name}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    threads = str(settings.workers.inference_threads)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    engine = create_engine(settings.database_url, migrate=False)
+    sessions = session_factory(engine)
+    runner = JobRunner(settings, sessions, ModelCache(settings))
+    log.info("worker %s started (pid %d)", name, os.getpid())
+    while not stop.is_set():
+        try:
+            job_id = claim_next_job(sessions, name)
+        except Exception:
+            log.exception("cannot claim a job; retrying")
+            job_id = None
+        if job_id is None:
+            stop.wait(settings.workers.poll_interval)
+            continue
+        log.info("job %d started", job_id)
+        runner.run(job_id)
+    engine.dispose()
+    log.info("worker %s stopped", name)
+
+
+class InProcessWorker(threading.Thread):
+    """Runs jobs in a thread of the current process (``workers.processes = 0``; tests)."""
+
+    def __init__(
+        self, settings: Settings, sessions: Any, models: Any, name: str = "inproc"
+    ) -> None:
+        super().__init__(name=f"worker-{name}", daemon=True)
+        from dicom_node.pipeline import JobRunner
+
+        self.settings = settings
+        self.sessions = sessions
+        self.runner = JobRunner(settings, sessions, models)
+        self.worker_name = name
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from dicom_node.pipeline import claim_next_job
+
+        while not self.stopped.is_set():
+            try:
+                job_id = claim_next_job(self.sessions, self.worker_name)
+            except Exception:
+                log.exception("cannot claim a job; retrying")
+                job_id = None
+            if job_id is None:
+                self.stopped.wait(self.settings.workers.poll_interval)
+                continue
+            self.runner.run(job_id)
+
+    def stop(self) -> None:
+        self.stopped.set()
