@@ -290,10 +290,11 @@ class Deliverer:
             session.commit()
         if not success:
             log.warning(
-                "delivery %d of %s to %s failed (attempt %d): %s",
+                "delivery %d (%s %s) to %s failed, attempt %d: %s",
                 item.id,
-                item.sop_instance_uid,
                 item.kind,
+                item.sop_instance_uid,
+                dest.name if dest else "?",
                 item.attempts + 1,
                 error,
             )
@@ -306,9 +307,8 @@ def _association_failure(assoc: Association, dest: Destination) -> str:
         result = getattr(rj, "result_str", "") if rj is not None else ""
         reason = getattr(rj, "reason_str", "") if rj is not None else ""
         return f"association rejected by {where}: {result} {reason}".strip()
-    if assoc.is_aborted:
-        return f"association aborted by {where}"
-    return f"cannot associate with {where} (connection refused or timed out)"
+    # pynetdicom reports a refused TCP connection as an aborted association.
+    return f"cannot associate with {where}: connection refused, aborted or timed out"
 
 
 class DeliveryThread(threading.Thread):

@@ -48,6 +48,21 @@ class ModelCache:
         return self._models[model_id]
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the serving process dies (PR_SET_PDEATHSIG).
+
+    After a SIGKILL of the node an orphaned worker would otherwise finish its job while the
+    restarted node runs the same job again; outputs are idempotent, but work is wasted.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent-pid check below still works
+        pass
+
+
 def worker_main(settings: Settings, name: str, stop: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
     from dicom_node.db import create_engine, session_factory
@@ -55,6 +70,7 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     from dicom_node.pipeline import JobRunner, claim_next_job
 
     setup_logging(f"worker-{name}")
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threads = str(settings.workers.inference_threads)
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
@@ -65,7 +81,13 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     sessions = session_factory(engine)
     runner = JobRunner(settings, sessions, ModelCache(settings))
     log.info("worker %s started (pid %d)", name, os.getpid())
+    parent = os.getppid()
     while not stop.is_set():
+        if os.getppid() != parent:
+            # The serving process was killed (SIGKILL leaves no chance to stop us): exit,
+            # the next start requeues whatever we were doing.
+            log.warning("worker %s: parent process gone, exiting", name)
+            break
         try:
             job_id = claim_next_job(sessions, name)
         except Exception:
