@@ -41,11 +41,10 @@ def make_settings(tmp_path: Path, **sections: Any) -> Settings:
 
 def _postgres_available() -> bool:
     try:
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=3)
-        conn.close()
-        return True
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
+            return True
     except Exception:
         return False
 
@@ -57,11 +56,10 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (CI must start it)")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}")
-    import psycopg2
+    import psycopg
 
     name = f"dn_test_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(POSTGRES_ADMIN_URL)
-    conn.autocommit = True
+    conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
