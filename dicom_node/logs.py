@@ -20,3 +20,4 @@ def setup_logging(process: str = "node", level: str | None = None) -> None:
     )
     # pynetdicom logs every PDU at DEBUG and dataset summaries at INFO; keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
