@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -107,21 +107,14 @@ def _transfer_syntax(path: str) -> str:
 
 
 def _contexts(items: Sequence[DeliveryItem]) -> list[tuple[str, list[str]]]:
-    """One presentation context per SOP class, listing only the transfer syntaxes needed.
+    """One presentation context per (SOP class, transfer syntax) the objects need.
 
-    Uncompressed files may also go as the other uncompressed syntax (pynetdicom re-encodes),
-    so both little-endian syntaxes are offered for them; compressed data cannot be changed
-    without decoding, so only its own syntax is proposed.
+    Objects are sent as stored (pynetdicom's chunked sending: no decode and re-encode, so
+    what the PACS gets is byte for byte what we received or built, and memory stays flat),
+    which needs a context accepted with exactly the file's own transfer syntax.
     """
-    by_class: dict[str, set[str]] = defaultdict(set)
-    for item in items:
-        syntaxes = by_class[item.sop_class_uid]
-        syntaxes.add(item.transfer_syntax_uid)
-        if item.transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            syntaxes.update((ExplicitVRLittleEndian, ImplicitVRLittleEndian))
-    return [
-        (sop, sorted(ts, key=lambda t: t != ExplicitVRLittleEndian)) for sop, ts in by_class.items()
-    ]
+    pairs = dict.fromkeys((item.sop_class_uid, item.transfer_syntax_uid) for item in items)
+    return [(sop_class, [syntax]) for sop_class, syntax in pairs]
 
 
 class Deliverer:
@@ -181,6 +174,7 @@ class Deliverer:
         return attempted
 
     def _send_batch(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.acse_timeout = dest.timeout
         ae.dimse_timeout = dest.timeout

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.status import code_to_category
 from tqdm import tqdm
 
@@ -83,6 +83,8 @@ def send_paths(
             )
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             summary.skipped.append(f"{path}: {type(exc).__name__}: {exc}")
+    # Send files as stored, without decoding and re-encoding them (see delivery._contexts).
+    _config.STORE_SEND_CHUNKED_DATASET = True
     bar = tqdm(total=len(items), unit="file", disable=not progress)
     remaining = list(items)
     while remaining:
