@@ -121,7 +121,9 @@ def build_results(
             prediction,
             series_uid=series_uid,
             instance_uid=instance_uid,
-            instance_number=index + 1,
+            # The SC series keeps earlier generations' images (DICOM cannot delete them
+            # from a PACS): numbering on across generations sorts the newest last.
+            instance_number=generation * key_slices + index + 1,
         )
         results.append(ResultObject("sc", sc))
     if include_pdf:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import highdicom as hd
 import pydicom
@@ -47,7 +49,8 @@ TYPE2_PATIENT_STUDY: Final[tuple[str, ...]] = (
     "AccessionNumber",
 )
 
-# Bulk data we never need in a header copy: dropping it keeps copies cheap for large series.
+# Bulk data the builders never read: a header copy leaves it out, so nothing built from
+# the copy can carry (or copy) megabytes of source pixels by accident.
 _BULK_TAGS: Final = frozenset(
     Tag(keyword)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData")
@@ -90,7 +93,7 @@ class Predecessor:
 class ResultObject:
     """One DICOM object ready to be stored and sent."""
 
-    kind: Literal["sr", "sc", "pdf"]
+    kind: ResultKind
     dataset: Dataset
 
     @property
@@ -144,22 +147,21 @@ def _long_text(value: str) -> str:
 
 
 def header_copy(dataset: Dataset) -> Dataset:
-    """Return a shallow copy without bulk data and with missing Type 2 values added empty.
+    """Return a copy without bulk data and with missing Type 2 values added empty.
 
     highdicom's SR constructor reads PatientBirthDate, PatientSex, StudyID and
     AccessionNumber from the first evidence dataset with attribute access and raises
     ``AttributeError`` when a modality omitted them; adding them empty (Type 2 allows an
-    empty value) keeps the object valid. The caller's dataset is never modified.
+    empty value) keeps the object valid. Elements are deep-copied so that no object we
+    build shares a mutable element with the caller's dataset, which stays untouched.
     """
     copy = Dataset()
     for element in dataset:
         if element.tag not in _BULK_TAGS:
-            copy.add(element)
+            copy.add(deepcopy(element))
     for keyword in TYPE2_PATIENT_STUDY:
         if keyword not in copy:
             setattr(copy, keyword, None)
-    if hasattr(dataset, "file_meta"):
-        copy.file_meta = dataset.file_meta
     return copy
 
 
@@ -268,8 +270,8 @@ def private_coding_schemes(
 ) -> list[CodingSchemeIdentificationItem]:
     """Coding Scheme Identification items for the local ("99...") schemes in use.
 
-    PS3.3 C.12.1.1.4: a coding scheme designator that is not in PS3.16 Table 8-1 must be
-    identified in the Coding Scheme Identification Sequence, or a receiver cannot tell
+    A coding scheme designator that is not in PS3.16 Table 8-1 must be identified in the
+    Coding Scheme Identification Sequence (SOP Common module), or a receiver cannot tell
     what the codes mean. ``extra`` names local schemes the builder itself uses.
     """
     in_use = {c.scheme_designator for c in model_concepts(model)} | set(extra)
@@ -297,3 +299,18 @@ def ensure_encodable(dataset: Dataset, what: str) -> None:
         pydicom.dcmread(buffer, stop_before_pixels=True)
     except Exception as exc:  # any encoder error means the object is unusable
         raise ValueError(f"the {what} built cannot be encoded: {exc}") from exc
+
+
+@contextmanager
+def as_value_error(what: str) -> Iterator[None]:
+    """Turn highdicom's TypeError/AttributeError/KeyError on odd input into ValueError.
+
+    Callers handle one exception type: a builder either returns a valid object or raises
+    ``ValueError`` saying which object could not be built and why.
+    """
+    try:
+        yield
+    except ValueError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise ValueError(f"cannot build the {what}: {exc}") from exc

@@ -51,6 +51,7 @@ from dicom_node.results.common import (
     TYPE2_PATIENT_STUDY,
     algorithm_equipment,
     apply_identity,
+    as_value_error,
     check_prediction,
     check_sources,
     ensure_encodable,
@@ -69,7 +70,7 @@ _MARGIN: Final = 1.5 * cm
 _FRAME_WIDTH: Final = _PAGE_WIDTH - 2 * _MARGIN
 _FRAME_HEIGHT: Final = _PAGE_HEIGHT - 2 * _MARGIN
 _HEATMAP_MAX: Final = 10 * cm
-_HEATMAP_PIXELS: Final = 1024
+_HEATMAP_PIXELS: Final = 800
 
 
 def build_pdf(
@@ -108,8 +109,9 @@ def build_pdf(
     check_sources(sources)
     check_prediction(prediction)
     header = header_copy(sources[0])
-    document = render_pdf(header_fields(header), prediction)
-    dataset = _encapsulate(document, header, sources, prediction)
+    with as_value_error("encapsulated PDF"):
+        document = render_pdf(header_fields(header), prediction)
+        dataset = _encapsulate(document, header, sources, prediction)
     dataset.SeriesInstanceUID = series_uid
     dataset.SeriesNumber = series_number
     dataset.SOPInstanceUID = instance_uid
@@ -248,7 +250,7 @@ def _heatmap_flowables(heatmaps: Sequence[Heatmap], style: ParagraphStyle) -> li
         return [Paragraph("No heatmap was produced for this series.", style)]
     key = heatmaps[0]
     picture = PILImage.fromarray(np.ascontiguousarray(key.overlay), mode="RGB")
-    # About 250 dpi at the printed size is plenty; a full-size CR would add megabytes.
+    # About 200 dpi at the printed size is plenty; a full-size CR would add megabytes.
     picture.thumbnail((_HEATMAP_PIXELS, _HEATMAP_PIXELS), PILImage.Resampling.LANCZOS)
     png = io.BytesIO()
     picture.save(png, format="PNG")

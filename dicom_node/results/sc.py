@@ -10,7 +10,7 @@ highdicom's ``SCImage.from_ref_dataset`` copies patient and study from the sourc
 rest is fixed here because highdicom does not do it:
 
 * Conversion Type WSD (workstation): highdicom hard-codes DI (digitized image).
-* Burned In Annotation YES: the pixels carry text (PS3.3 C.7.6.1.1.11).
+* Burned In Annotation YES: the pixels carry identifying and result text.
 * Source Image Sequence: the image (and frame) the heatmap explains.
 * Patient Orientation: from the source, or derived from its Image Orientation (Patient);
   highdicom accepts only single letters, so it is written after construction.
@@ -39,6 +39,7 @@ from dicom_node import identity
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
     algorithm_equipment,
+    as_value_error,
     check_prediction,
     check_sources,
     ensure_encodable,
@@ -100,7 +101,8 @@ def build_sc(
     series_uid, instance_uid : str
         UIDs of the Secondary Capture (see :mod:`dicom_node.results.uids`).
     instance_number : int
-        Position of this key image in the SC series (1 = most positive slice).
+        Instance Number in the SC series (:func:`build_results` numbers key slices in
+        order, most positive first, and continues across generations).
     series_number : int, optional
         Series Number shown by viewers.
 
@@ -117,30 +119,31 @@ def build_sc(
     """
     check_sources([source])
     check_prediction(prediction)
-    frame = _checked_frame(source, heatmap)
-    pixels = burn_in_text(heatmap.overlay, annotation_lines(prediction, heatmap))
-    model = prediction.model
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header_copy(source),
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=instance_uid,
-        instance_number=instance_number,
-        patient_orientation=_ORIENTATION_PLACEHOLDER,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[algorithm_equipment(model)],
-        series_description=f"AI {model.name} heatmap"[:64],
-        manufacturer=identity.MANUFACTURER,
-        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
-        software_versions=identity.SOFTWARE_VERSIONS,
-    )
-    sc.PatientOrientation = patient_orientation(source, frame)
-    _set_anatomy(sc, source)
-    _set_derivation(sc, source, frame, prediction, heatmap)
+    with as_value_error("secondary capture"):
+        frame = _checked_frame(source, heatmap)
+        pixels = burn_in_text(heatmap.overlay, annotation_lines(prediction, heatmap))
+        model = prediction.model
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=header_copy(source),
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=instance_uid,
+            instance_number=instance_number,
+            patient_orientation=_ORIENTATION_PLACEHOLDER,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=[algorithm_equipment(model)],
+            series_description=f"AI {model.name} heatmap"[:64],
+            manufacturer=identity.MANUFACTURER,
+            manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+            software_versions=identity.SOFTWARE_VERSIONS,
+        )
+        sc.PatientOrientation = patient_orientation(source, frame)
+        _set_anatomy(sc, source)
+        _set_derivation(sc, source, frame, prediction, heatmap)
     ensure_encodable(sc, "secondary capture")
     return sc
 

@@ -23,17 +23,17 @@ Content tree (one SR per model and series)::
 
 Procedure reported codes (``procedure_reported``):
 
-=================  =========================================================
-modality + body    code
-=================  =========================================================
-XR (CR/DX/RG) chest  SCT 399208008 "Plain chest X-ray"
-CT chest           SCT 169069000 "Computed tomography of chest"
-CT head            SCT 303653007 "Computed tomography of head"
-MR head            SCT 241601008 "Magnetic resonance imaging of head"
-XR, CT, MR, PT, NM LOINC "... unspecified body region" (CID 100): 43468-8,
-                   25045-6, 25056-3, 44136-0, 49118-3
-anything else      SCT 363679005 "Imaging procedure" (CID 100)
-=================  =========================================================
+=====================  =====================================================
+modality + body part   code
+=====================  =====================================================
+XR (CR/DX/RG) chest    SCT 399208008 "Plain chest X-ray"
+CT chest               SCT 169069000 "Computed tomography of chest"
+CT head                SCT 303653007 "Computed tomography of head"
+MR head                SCT 241601008 "Magnetic resonance imaging of head"
+XR, CT, MR, PT, NM     LOINC "... unspecified body region" (CID 100): 43468-8,
+                       25045-6, 25056-3, 44136-0, 49118-3
+anything else          SCT 363679005 "Imaging procedure" (CID 100)
+=====================  =====================================================
 
 The body part comes from Body Part Examined of the first source, or, when that is
 absent, from the model's finding site (a lung model implies chest, a brain model head).
@@ -75,6 +75,7 @@ from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
     Predecessor,
     algorithm_equipment,
+    as_value_error,
     check_prediction,
     check_sources,
     ensure_encodable,
@@ -102,7 +103,7 @@ SR_CLASS_UIDS: Final[dict[str, str]] = {
     "enhanced": EnhancedSRStorage,
 }
 
-# Probabilities are ratios: UCUM "1" (no units), which OHIF and dcmqi expect for them.
+# A probability is a ratio: UCUM "1" (no units).
 UNITLESS: Final = CodedConcept("1", "UCUM", "no units")
 # DCM 122157 "Probability": concept name of the per-class probability NUM items.
 PROBABILITY: Final = CodedConcept("122157", "DCM", "Probability")
@@ -115,10 +116,12 @@ PREDICTED_CLASS: Final = CodedConcept("PREDCLASS", PRIVATE_SCHEME, "Predicted cl
 # SCT 52101004 "Present" / 272519000 "Absent": whether the finding type was found.
 PRESENT: Final = CodedConcept("52101004", "SCT", "Present")
 ABSENT: Final = CodedConcept("272519000", "SCT", "Absent")
-# TID 1500 row "Qualitative Evaluations" container, coded in UMLS by the template itself.
+# The "Qualitative Evaluations" container of TID 1500, which the template codes in UMLS.
 QUALITATIVE_EVALUATIONS: Final = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
-_XR_MODALITIES: Final = frozenset({"CR", "DX", "RG", "DR"})
+# Projection radiography modalities (PS3.3 C.7.3.1.1.1 defined terms) that a chest X-ray
+# procedure code covers.
+_XR_MODALITIES: Final = frozenset({"CR", "DX", "RG"})
 _BODY_PART_ALIASES: Final[dict[str, str]] = {
     "CHEST": "CHEST",
     "LUNG": "CHEST",
@@ -197,6 +200,43 @@ def build_sr(
     check_sources(sources)
     check_prediction(prediction)
     model = prediction.model
+    with as_value_error("structured report"):
+        report = measurement_report(sources, prediction)
+        # The SR constructor reads Type 2 patient/study attributes from evidence[0] with
+        # attribute access; header copies add them empty where the modality left them out.
+        evidence = [header_copy(ds) for ds in sources]
+        sr = _SR_CLASSES[sr_class](
+            evidence=evidence,
+            content=report,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=instance_uid,
+            instance_number=instance_number,
+            # COMPLETE: the document holds everything the model produced for this series;
+            # late instances produce a new document that names this one as predecessor,
+            # they do not complete this one. UNVERIFIED: no person has checked an AI result,
+            # and VERIFIED would require a verifying observer we do not have. PRELIMINARY
+            # (is_final=False): an unverified machine output is never the final report.
+            is_complete=True,
+            is_verified=False,
+            is_final=False,
+            previous_versions=[predecessor.as_dataset()] if predecessor else None,
+            contributing_equipment=[algorithm_equipment(model)],
+            series_description=f"AI {model.name} result"[:64],
+            coding_schemes=private_coding_schemes(model, extra=[PRIVATE_SCHEME]),
+            manufacturer=identity.MANUFACTURER,
+            manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+            software_versions=identity.SOFTWARE_VERSIONS,
+        )
+    ensure_encodable(sr, "structured report")
+    return sr
+
+
+def measurement_report(
+    sources: Sequence[Dataset], prediction: SeriesPrediction
+) -> MeasurementReport:
+    """The TID 1500 content tree (see the module docstring)."""
+    model = prediction.model
     used = referenced_sources(sources, prediction)
     report = MeasurementReport(
         observation_context=_observation_context(model),
@@ -204,35 +244,9 @@ def build_sr(
         imaging_measurements=[_measurement_group(sources, used, prediction)],
         referenced_images=_library_images(used) or None,
     )
+    # TID 1500 "Qualitative Evaluations" holds the statement about the whole report.
     report[0].ContentSequence.append(_not_for_diagnostic_use())
-    # The SR constructor reads Type 2 patient/study attributes from evidence[0] with
-    # attribute access; header copies add them empty where the modality left them out.
-    evidence = [header_copy(ds) for ds in sources]
-    sr = _SR_CLASSES[sr_class](
-        evidence=evidence,
-        content=report,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=instance_uid,
-        instance_number=instance_number,
-        # COMPLETE: the document holds everything the model produced for this series;
-        # late instances produce a new document that names this one as predecessor,
-        # they do not complete this one. UNVERIFIED: no person has checked an AI result,
-        # and VERIFIED would require a verifying observer we do not have. PRELIMINARY
-        # (is_final=False): an unverified machine output is never the final report.
-        is_complete=True,
-        is_verified=False,
-        is_final=False,
-        previous_versions=[predecessor.as_dataset()] if predecessor else None,
-        contributing_equipment=[algorithm_equipment(model)],
-        series_description=f"AI {model.name} result"[:64],
-        coding_schemes=private_coding_schemes(model, extra=[PRIVATE_SCHEME]),
-        manufacturer=identity.MANUFACTURER,
-        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
-        software_versions=identity.SOFTWARE_VERSIONS,
-    )
-    ensure_encodable(sr, "structured report")
-    return sr
+    return report
 
 
 def referenced_sources(
@@ -242,8 +256,8 @@ def referenced_sources(
 
     Every SR image reference must point at evidence, so a scored instance missing from
     ``sources`` is an error. A prediction without per-slice scores references all sources.
-    Frame numbers are given only for multi-frame instances (PS3.3 C.18.4: Referenced
-    Frame Number is meaningful only there); an instance scored without frame numbers is
+    Frame numbers are given only for multi-frame instances (Referenced Frame Number has
+    no meaning for a single-frame image); an instance scored without frame numbers is
     referenced whole.
     """
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
