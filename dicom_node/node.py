@@ -28,7 +28,7 @@ from dicom_node.index import InstanceMeta, index_instance
 from dicom_node.pipeline import requeue_interrupted
 from dicom_node.scp import StoreSCP, _text
 from dicom_node.spool import Spool, valid_uid
-from dicom_node.worker import InProcessWorker, worker_main
+from dicom_node.worker import InProcessWorker, ModelCache, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ class Node:
         self.delivery.start()
         self._running.set()
         if self.settings.workers.processes == 0 or self._models is not None:
-            self._inproc = InProcessWorker(self.settings, self.sessions, self._models)
+            models = self._models if self._models is not None else ModelCache(self.settings)
+            self._inproc = InProcessWorker(self.settings, self.sessions, models)
             self._inproc.start()
         else:
             for i in range(self.settings.workers.processes):

@@ -28,6 +28,9 @@ def make_settings(tmp_path: Path, **sections: Any) -> Settings:
         "scp": {"port": free_port()},
         "completion": {"quiet_seconds": 0.5, "scan_interval": 0.1},
         "workers": {"processes": 0, "poll_interval": 0.1},
+        # Tests name their own routes and destinations; the embedded ones need models.
+        "routes": [],
+        "destinations": [],
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(overrides.get(key), dict):
