@@ -28,7 +28,7 @@ from dicom_node.index import InstanceMeta, index_instance
 from dicom_node.pipeline import requeue_interrupted
 from dicom_node.scp import StoreSCP, _text
 from dicom_node.spool import Spool, valid_uid
-from dicom_node.worker import InProcessWorker, ModelCache, worker_main
+from dicom_node.worker import InProcessWorker, model_cache, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Node:
         self.delivery.start()
         self._running.set()
         if self.settings.workers.processes == 0 or self._models is not None:
-            models = self._models if self._models is not None else ModelCache(self.settings)
+            models = self._models if self._models is not None else model_cache(self.settings)
             self._inproc = InProcessWorker(self.settings, self.sessions, models)
             self._inproc.start()
         else:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -25,6 +25,9 @@ from dicom_node.db import Instance, Job, Result, Series, Study, utcnow
 from dicom_node.delivery import ensure_delivery
 from dicom_node.spool import write_atomic
 from inference.types import SeriesPrediction
+
+if TYPE_CHECKING:
+    from dicom_node.results import SRClass
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,7 @@ class JobRunner:
         """
         from dicom_node.results import build_results
 
-        sr_classes = sorted(
+        sr_classes: list[SRClass] = sorted(
             {self.settings.destination(d).sr_class for d in ctx.route.destinations}
             or {"comprehensive3d"}
         )

@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 # Digital X-Ray Image Storage - For Presentation
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's implementation root
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
+_IMPLEMENTATION_UID = UID("1.2.826.0.1.3680043.8.498.1")  # pydicom's implementation root
 
 
 def jpeg_to_dicom(

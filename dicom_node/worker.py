@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from dicom_node.config import Settings
@@ -19,33 +18,15 @@ from dicom_node.config import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelCache:
-    """Loads each model once per worker process, on first use, and keeps it warm."""
+def model_cache(settings: Settings) -> Any:
+    """The models of ``settings.models_dir``, each loaded once per process on first use."""
+    from inference.registry import ModelCache, load_manifests
 
-    settings: Settings
-    _models: dict[str, Any] = field(default_factory=dict)
-    _manifests: dict[str, Any] | None = None
-
-    def manifests(self) -> dict[str, Any]:
-        if self._manifests is None:
-            from inference.registry import load_manifests
-
-            self._manifests = load_manifests(self.settings.models_dir)
-        return self._manifests
-
-    def get(self, model_id: str) -> Any:
-        if model_id not in self._models:
-            from inference.registry import load_model
-
-            manifest = self.manifests().get(model_id)
-            if manifest is None:
-                raise KeyError(f"model {model_id!r} not found in {self.settings.models_dir}")
-            log.info("loading model %s %s", manifest.id, manifest.version)
-            self._models[model_id] = load_model(
-                manifest, threads=self.settings.workers.inference_threads
-            )
-        return self._models[model_id]
+    return ModelCache(
+        load_manifests(settings.models_dir),
+        threads=settings.workers.inference_threads,
+        inter_op_threads=1,
+    )
 
 
 def _die_with_parent() -> None:
@@ -79,7 +60,7 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     engine = create_engine(settings.database_url, migrate=False)
     sessions = session_factory(engine)
-    runner = JobRunner(settings, sessions, ModelCache(settings))
+    runner = JobRunner(settings, sessions, model_cache(settings))
     log.info("worker %s started (pid %d)", name, os.getpid())
     parent = os.getppid()
     while not stop.is_set():

@@ -52,6 +52,17 @@ class ModelInfo:
     probability_concept: Concept = field(
         default_factory=lambda: Concept("122157", "DCM", "Probability")
     )
+    # Added by the runtime: every class that counts as the finding. A multi-class model
+    # can have several (brain MRI: glioma, meningioma, pituitary); ``positive_class`` is
+    # then None and ``SeriesPrediction.positive_probability`` is the sum over these.
+    positive_classes: tuple[str, ...] = ()
+    # the positive probability at or above which the series is called positive
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Older callers give only positive_class: keep the two fields consistent.
+        if self.positive_class is not None and not self.positive_classes:
+            object.__setattr__(self, "positive_classes", (self.positive_class,))
 
 
 @dataclass(frozen=True)
@@ -92,3 +103,6 @@ class SeriesPrediction:
     slices: tuple[SliceScore, ...]
     heatmaps: tuple[Heatmap, ...]  # for the key slices (most positive first)
     timings: dict[str, float]  # seconds: load, preprocess, infer, explain, ...
+    # Added by the runtime: whether the positive probability reached model.threshold
+    # (None for a model without positive classes), so the SR can say Present / Absent.
+    finding_present: bool | None = None
