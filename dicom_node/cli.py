@@ -216,12 +216,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
+    from inference.manifest import ManifestError
+
     try:
         settings = _settings(args)
-    except ConfigError as exc:
+        return handlers[args.command](args, settings)
+    except (ConfigError, ManifestError) as exc:
+        # A bad configuration or model manifest stops the command with the file and key.
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
-    return handlers[args.command](args, settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,3 +107,16 @@ def test_cli_reports_config_error_and_exits_2(
     assert main(["--config", str(path), "status"]) == 2
     err = capsys.readouterr().err
     assert "scp.port" in err and str(path) in err
+
+
+def test_malformed_manifest_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models" / "broken"
+    models.mkdir(parents=True)
+    (models / "model.toml").write_text('id = "broken"\nname = "x"\nversion = 1\n')
+    config = tmp_path / "node.toml"
+    config.write_text(f'[models]\ndir = "{tmp_path / "models"}"\n[web]\nenabled = false\n')
+    assert main(["--config", str(config), "models", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "broken/model.toml" in err and "version" in err
