@@ -210,7 +210,11 @@ class Event(Base):
     """Append-only history: one row per step, for the timeline and the audit."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_study_time", "study_uid", "time"),)
+    __table_args__ = (
+        Index("ix_event_study_time", "study_uid", "time"),
+        # migration 0002: the study timeline also collects events that name only a job
+        Index("ix_event_job_id", "job_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)

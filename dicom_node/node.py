@@ -209,6 +209,14 @@ class Node:
                 "rejected_associations": stats.rejected_associations,
             },
             "deliveries": dict(self.deliverer.counts),
+            # Models of enabled routes: ok when their weights are there to load (the
+            # workers load them in their own processes at start).
+            "models": {
+                model_id: {"ok": self.model_available(model_id)}
+                for route in self.settings.routes
+                if route.enabled
+                for model_id in route.models
+            },
         }
 
 

@@ -44,6 +44,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _preload(models: Any, settings: Settings) -> None:
+    """Load and warm up the models of enabled routes now, so the first series does not
+    wait for TensorFlow to start (the Xception model takes seconds)."""
+    wanted = {m for r in settings.routes if r.enabled for m in r.models}
+    for model_id in sorted(wanted):
+        manifest = models.manifests.get(model_id)
+        if manifest is None or not manifest.weights_available():
+            continue
+        try:
+            models.get(model_id)
+            log.info("model %s %s loaded", model_id, manifest.version)
+        except Exception:  # the job will fail with the reason; keep the worker alive
+            log.exception("model %s could not be loaded", model_id)
+
+
 def worker_main(settings: Settings, name: str, stop: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
     from dicom_node.db import create_engine, session_factory
@@ -60,7 +75,9 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     engine = create_engine(settings.database_url, migrate=False)
     sessions = session_factory(engine)
-    runner = JobRunner(settings, sessions, model_cache(settings))
+    models = model_cache(settings)
+    _preload(models, settings)
+    runner = JobRunner(settings, sessions, models)
     log.info("worker %s started (pid %d)", name, os.getpid())
     parent = os.getppid()
     while not stop.is_set():

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     Errors a person can fix (unknown user, weak password) print one line to stderr and
     return 1 instead of a traceback.
     """
-    sessions = session_factory(create_engine(settings.database_url))
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
     try:
         action = args.users_command
         if action == "add":
@@ -101,4 +102,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except users.UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        engine.dispose()
     return 0

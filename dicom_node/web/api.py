@@ -32,7 +32,22 @@ from dicom_node.web.schemas import (
     StudyPage,
 )
 
-router = APIRouter(prefix="/api", tags=["api"])
+
+class Problem(BaseModel):
+    """An error answer."""
+
+    detail: str
+
+
+router = APIRouter(
+    prefix="/api",
+    tags=["api"],
+    responses={
+        400: {"model": Problem, "description": "the request body cannot be parsed"},
+        401: {"model": Problem, "description": "no session and no valid bearer token"},
+        403: {"model": Problem, "description": "admin role or CSRF token required"},
+    },
+)
 UidPath = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
 PageParam = Annotated[int, Query(ge=1, le=1_000_000)]
 PageSizeParam = Annotated[int, Query(ge=1, le=500)]
@@ -60,7 +75,11 @@ def _list(request: Request, db: Session, user: WebUser, search: StudySearch) -> 
         direction=search.direction,
     )
     audit(
-        db, request, user.username, "api_list_studies", page=result.page, **search.filter.describe()
+        db,
+        request,
+        user.username,
+        "api_list_studies",
+        detail={"page": result.page, **search.filter.describe()},
     )
     return result
 
@@ -112,7 +131,11 @@ def search_studies(
     return _list(request, db, user, search)
 
 
-@router.get("/studies/{study_uid}", response_model=StudyDetail)
+@router.get(
+    "/studies/{study_uid}",
+    response_model=StudyDetail,
+    responses={404: {"model": Problem, "description": "unknown study"}},
+)
 def get_study(
     request: Request,
     study_uid: UidPath,
@@ -129,7 +152,10 @@ def get_study(
 @router.post(
     "/studies/{study_uid}/rerun",
     response_model=RerunResult,
-    responses={404: {"description": "unknown study"}, 409: {"description": "nothing to re-run"}},
+    responses={
+        404: {"model": Problem, "description": "unknown study"},
+        409: {"model": Problem, "description": "nothing to re-run"},
+    },
 )
 def rerun_study(
     request: Request,
@@ -149,9 +175,7 @@ def rerun_study(
         "rerun_study",
         study_uid,
         success=bool(jobs) and not errors,
-        jobs=jobs,
-        errors=errors,
-        via="api",
+        detail={"jobs": jobs, "errors": errors, "via": "api"},
     )
     if not jobs:
         raise HTTPException(status_code=409, detail="; ".join(errors))
@@ -181,7 +205,7 @@ def deliveries(
 @router.post(
     "/deliveries/{delivery_id}/retry",
     response_model=DeliveryInfo,
-    responses={409: {"description": "unknown delivery or not failed"}},
+    responses={409: {"model": Problem, "description": "unknown delivery or not failed"}},
 )
 def retry_delivery(
     request: Request,
@@ -200,8 +224,7 @@ def retry_delivery(
             "retry_delivery",
             str(delivery_id),
             success=False,
-            error=str(exc),
-            via="api",
+            detail={"error": str(exc), "via": "api"},
         )
         raise HTTPException(status_code=409, detail=str(exc)) from None
     audit(
@@ -210,8 +233,7 @@ def retry_delivery(
         user.username,
         "retry_delivery",
         str(delivery_id),
-        study_uid=delivery.study_uid,
-        via="api",
+        detail={"study_uid": delivery.study_uid, "via": "api"},
     )
     return detail.delivery_info(delivery)
 

@@ -22,10 +22,12 @@ from dicom_node.config import Settings
 from dicom_node.web import api, login, operations, pages, system
 from dicom_node.web.actions import DefaultActions, WebActions
 from dicom_node.web.audit import audit
-from dicom_node.web.auth import AdminRequired, LoginRequired
+from dicom_node.web.auth import AdminRequiredError, LoginRequiredError
+from dicom_node.web.cache import TtlValue
 from dicom_node.web.context import StatusFn, WebContext
 from dicom_node.web.csrf import csrf_protect
 from dicom_node.web.filters import FilterStore
+from dicom_node.web.metrics import LatencyHistogram
 from dicom_node.web.ratelimit import LoginLimiter
 from dicom_node.web.secret import session_secret
 from dicom_node.web.security import SecurityHeaders
@@ -51,7 +53,7 @@ def _admin_required(request: Request, exc: Exception) -> Response:
             "forbidden",
             request.url.path,
             success=False,
-            method=request.method,
+            detail={"method": request.method},
         )
     return render(request, "error.html", {"message": "This needs the admin role."}, status_code=403)
 
@@ -106,6 +108,8 @@ def create_app(
         templates=make_templates(),
         limiter=LoginLimiter(web.login_rate_limit, web.login_rate_window),
         filters=FilterStore(max_age=web.session_max_age),
+        latency=LatencyHistogram(),
+        choices=TtlValue(60.0),
     )
     app.add_middleware(
         SessionMiddleware,
@@ -115,9 +119,9 @@ def create_app(
         same_site="strict",
         https_only=web.https_only,
     )
-    app.add_middleware(SecurityHeaders)
-    app.add_exception_handler(LoginRequired, _login_required)
-    app.add_exception_handler(AdminRequired, _admin_required)
+    app.add_middleware(SecurityHeaders, hsts=web.https_only)
+    app.add_exception_handler(LoginRequiredError, _login_required)
+    app.add_exception_handler(AdminRequiredError, _admin_required)
     app.add_exception_handler(HTTPException, _http_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in (login, pages, operations, api, system):

@@ -19,7 +19,7 @@ def audit(
     target: str = "",
     *,
     success: bool = True,
-    **detail: Any,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     """Write one audit entry and commit it.
 
@@ -33,7 +33,7 @@ def audit(
             target=target,
             client_address=client_address(request)[:64],
             success=success,
-            detail=detail,
+            detail=detail or {},
         )
     )
     db.commit()

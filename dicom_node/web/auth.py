@@ -36,11 +36,11 @@ class WebUser:
         return cls(id=user.id, username=user.username, role=user.role)
 
 
-class LoginRequired(Exception):
+class LoginRequiredError(Exception):
     """Raised by page dependencies; the app answers with a redirect to the login page."""
 
 
-class AdminRequired(Exception):
+class AdminRequiredError(Exception):
     """Raised by page dependencies when a viewer tries an admin page or action."""
 
 
@@ -98,14 +98,14 @@ def page_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
     """A logged-in user for an HTML page; anonymous visitors are sent to the login page."""
     user = session_user(request, db)
     if user is None:
-        raise LoginRequired()
+        raise LoginRequiredError()
     request.state.user = user
     return user
 
 
 def page_admin(user: WebUser = Depends(page_user)) -> WebUser:
     if not user.is_admin:
-        raise AdminRequired()
+        raise AdminRequiredError()
     return user
 
 

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
 from dicom_node.web.actions import WebActions
+from dicom_node.web.cache import TtlValue
 from dicom_node.web.filters import FilterStore
+from dicom_node.web.metrics import LatencyHistogram
 from dicom_node.web.ratelimit import LoginLimiter
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -31,6 +33,9 @@ class WebContext:
     templates: Jinja2Templates
     limiter: LoginLimiter
     filters: FilterStore
+    latency: LatencyHistogram
+    # drop-down values of the studies filter (models, modalities, calling AEs), 60 s old at most
+    choices: TtlValue[dict[str, list[str]]]
 
 
 def get_context(request: Request) -> WebContext:

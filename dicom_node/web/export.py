@@ -80,7 +80,7 @@ def csv_lines(
         yield _csv_line(
             [
                 row.study_uid,
-                row.received_at.isoformat() + "Z",
+                row.received_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 row.patient_id,
                 row.patient_name,
                 row.accession_number,

@@ -19,6 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Session key under which the user's filter key is kept.
+SESSION_KEY = "studies_filter"
+
 STATES: dict[str, str] = {
     "receiving": "series still receiving",
     "complete": "complete, not yet routed",

@@ -72,7 +72,9 @@ def check(
     models = node.get("models", {}) or {}
     models_ok = {str(k): _model_loaded(v) for k, v in models.items()}
     workers = int(node.get("workers_alive", 0) or 0)
-    workers_needed = settings.workers.processes > 0
+    # The node reports how many workers it runs (at least one, in-process when
+    # processes = 0); without that key, the configured process count decides.
+    workers_needed = int(node.get("workers_configured", settings.workers.processes) or 0) > 0
     details["scp"] = {"ok": scp, "listening": scp, "port": settings.scp.port}
     details["models"] = {"ok": all(models_ok.values()), "loaded": models_ok}
     details["workers"] = {"ok": workers > 0 or not workers_needed, "alive": workers}

@@ -12,6 +12,7 @@ from dicom_node import users
 from dicom_node.web import auth
 from dicom_node.web.audit import audit
 from dicom_node.web.context import get_context, get_db
+from dicom_node.web.filters import SESSION_KEY
 from dicom_node.web.templating import render
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def login(
     address = auth.client_address(request)
     keys = [f"ip:{address}", f"user:{username.lower()}"]
     if ctx.limiter.blocked(keys):
-        audit(db, request, username, "login", success=False, reason="rate limited")
+        audit(db, request, username, "login", success=False, detail={"reason": "rate limited"})
         log.warning("login rate limit reached for user %r from %s", username[:64], address)
         return render(
             request,
@@ -49,7 +50,7 @@ def login(
     user = users.authenticate(ctx.sessions, username, password)
     if user is None:
         ctx.limiter.failure(keys)
-        audit(db, request, username, "login", success=False, reason="bad credentials")
+        audit(db, request, username, "login", success=False, detail={"reason": "bad credentials"})
         return render(
             request, "login.html", {"error": "Wrong username or password."}, status_code=401
         )
@@ -64,5 +65,6 @@ def logout(request: Request, db: Session = Depends(get_db)) -> Response:
     user = auth.session_user(request, db)
     if user is not None:
         audit(db, request, user.username, "logout")
+    get_context(request).filters.drop(request.session.get(SESSION_KEY))
     auth.log_out(request)
     return RedirectResponse("/login", status_code=303)

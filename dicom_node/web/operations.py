@@ -48,7 +48,7 @@ def retry(
             "retry_delivery",
             str(delivery_id),
             success=False,
-            error=str(exc),
+            detail={"error": str(exc)},
         )
         flash(request, "error", str(exc))
     else:
@@ -58,7 +58,7 @@ def retry(
             user.username,
             "retry_delivery",
             str(delivery_id),
-            study_uid=delivery.study_uid,
+            detail={"study_uid": delivery.study_uid},
         )
         flash(request, "ok", f"Delivery {delivery_id} queued for another attempt.")
     return RedirectResponse(_back(back), status_code=303)
@@ -82,8 +82,7 @@ def rerun(
         "rerun_study",
         study_uid,
         success=bool(jobs) and not errors,
-        jobs=jobs,
-        errors=errors,
+        detail={"jobs": jobs, "errors": errors},
     )
     if jobs:
         flash(request, "ok", f"Queued job(s) {', '.join(map(str, jobs))}.")
@@ -105,7 +104,7 @@ def export_studies(
 ) -> Response:
     """Every study matching the on-screen filter, not only the page shown."""
     filt = current_filter(request)
-    audit(db, request, user.username, f"export_{fmt}", **filt.describe())
+    audit(db, request, user.username, f"export_{fmt}", detail=filt.describe())
     sessions = get_context(request).sessions
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     headers = {"Content-Disposition": f'attachment; filename="studies-{stamp}.{fmt}"'}
@@ -157,7 +156,7 @@ def report_pdf(
         "download_pdf",
         study_uid,
         success=data is not None,
-        result=result_id,
+        detail={"result": result_id},
     )
     if data is None:
         return Response("no PDF for this result", status_code=404, media_type="text/plain")

@@ -15,43 +15,50 @@ from dicom_node.web.detail import delivery_info
 from dicom_node.web.queries import POSITIVE_THRESHOLD
 from dicom_node.web.schemas import AuditPage, AuditRow, DeliveryPage, ModelStats
 
+# Latency statistics on the models page cover each model's most recent results: they say how
+# fast the model is now, and reading them stays cheap however long the node has run.
+LATENCY_WINDOW = 10_000
+
 
 def total_seconds() -> Any:
     """``timings["total"]`` as a number in SQL (json_extract on SQLite, ->> on PostgreSQL)."""
     return Result.timings["total"].as_float()
 
 
-def _p95(session: Session, model_id: str, count: int) -> float | None:
-    """Nearest-rank 95th percentile, computed in the database (no rows are fetched)."""
-    if count == 0:
-        return None
-    rank = max(1, math.ceil(0.95 * count))
+def recent_latencies(session: Session, model_id: str, window: int = LATENCY_WINDOW) -> list[float]:
+    """``timings["total"]`` of the model's latest ``window`` results (newest first by id)."""
     latency = total_seconds()
-    value = session.scalar(
-        select(latency)
-        .where(Result.model_id == model_id, latency.is_not(None))
-        .order_by(latency)
-        .offset(rank - 1)
-        .limit(1)
+    recent = (
+        select(latency.label("seconds"))
+        .where(Result.model_id == model_id)
+        .order_by(Result.id.desc())
+        .limit(window)
+        .subquery()
     )
-    return None if value is None else float(value)
+    return [float(v) for v in session.scalars(select(recent.c.seconds)) if v is not None]
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(0.95 * len(ordered))) - 1]
 
 
 def model_stats(session: Session, settings: Settings) -> list[ModelStats]:
     """Per model: versions seen, routes using it, studies and positives, latency.
 
     A result is positive when its positive-class probability is at least 0.5 (the result
-    table does not keep each model's own threshold).
+    table does not keep each model's own threshold). Mean and p95 latency are over the
+    latest ``LATENCY_WINDOW`` results of the model.
     """
-    latency = total_seconds()
     rows = session.execute(
         select(
             Result.model_id,
             func.count(Result.id),
             func.count(func.distinct(Series.study_id)),
             func.sum(case((Result.positive_probability >= POSITIVE_THRESHOLD, 1), else_=0)),
-            func.avg(latency),
-            func.count(latency),
         )
         .join(Job, Job.id == Result.job_id)
         .join(Series, Series.id == Job.series_id)
@@ -66,19 +73,19 @@ def model_stats(session: Session, settings: Settings) -> list[ModelStats]:
     for route in settings.routes:
         for model in route.models:
             routes[model].append(route.name)
-    stats = {
-        model_id: ModelStats(
+    stats: dict[str, ModelStats] = {}
+    for model_id, results, studies, positives in rows:
+        latencies = recent_latencies(session, model_id)
+        stats[model_id] = ModelStats(
             model_id=model_id,
             versions=sorted(versions[model_id]),
             routes=routes.get(model_id, []),
             studies=studies,
             results=results,
             positives=int(positives or 0),
-            mean_latency_seconds=None if mean is None else float(mean),
-            p95_latency_seconds=_p95(session, model_id, int(timed)),
+            mean_latency_seconds=sum(latencies) / len(latencies) if latencies else None,
+            p95_latency_seconds=p95(latencies),
         )
-        for model_id, results, studies, positives, mean, timed in rows
-    }
     for model_id, route_names in routes.items():
         stats.setdefault(
             model_id,

@@ -16,6 +16,7 @@ from dicom_node.web import detail, overview, queries
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, page_admin, page_user
 from dicom_node.web.context import get_context, get_db
+from dicom_node.web.filters import SESSION_KEY as FILTER_KEY
 from dicom_node.web.filters import SORTS, STATES, StudyFilter
 from dicom_node.web.templating import flash, render
 
@@ -24,7 +25,6 @@ router = APIRouter(include_in_schema=False)
 # not a study of ours, and is refused before it reaches a query.
 UID_PATTERN = r"^[0-9.]{1,64}$"
 UID_RE = re.compile(UID_PATTERN)
-FILTER_KEY = "studies_filter"
 
 SortParam = Annotated[Literal["received", "patient_name", "patient_id", "accession"], Query()]
 DirParam = Annotated[Literal["asc", "desc"], Query()]
@@ -35,15 +35,19 @@ def current_filter(request: Request) -> StudyFilter:
 
 
 def filter_choices(db: Session, request: Request) -> dict[str, list[str]]:
-    """Values offered by the filter's drop-downs (distinct values of indexed columns)."""
-    settings = get_context(request).settings
-    models = set(db.scalars(select(Result.model_id).distinct()))
-    models.update(m for route in settings.routes for m in route.models)
-    return {
-        "models": sorted(models),
-        "modalities": sorted(m for m in db.scalars(select(Series.modality).distinct()) if m),
-        "calling_aes": sorted(a for a in db.scalars(select(Series.calling_ae).distinct()) if a),
-    }
+    """Values offered by the filter's drop-downs (cached for a minute, see ``cache``)."""
+    ctx = get_context(request)
+
+    def compute() -> dict[str, list[str]]:
+        models = set(db.scalars(select(Result.model_id).distinct()))
+        models.update(m for route in ctx.settings.routes for m in route.models)
+        return {
+            "models": sorted(models),
+            "modalities": sorted(m for m in db.scalars(select(Series.modality).distinct()) if m),
+            "calling_aes": sorted(a for a in db.scalars(select(Series.calling_ae).distinct()) if a),
+        }
+
+    return ctx.choices.get(compute)
 
 
 @router.get("/")
@@ -71,7 +75,13 @@ def studies(
         sort=sort,
         direction=direction,
     )
-    audit(db, request, user.username, "list_studies", page=result.page, **filt.describe())
+    audit(
+        db,
+        request,
+        user.username,
+        "list_studies",
+        detail={"page": result.page, **filt.describe()},
+    )
     return render(
         request,
         "studies.html",

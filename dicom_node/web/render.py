@@ -156,7 +156,8 @@ def _value(item: Dataset) -> str:
         if not seq:
             return ""
         code = seq[0]
-        return f"{code.get('CodeMeaning', '')} ({code.get('CodingSchemeDesignator', '')} {code.get('CodeValue', '')})"
+        scheme = code.get("CodingSchemeDesignator", "")
+        return f"{code.get('CodeMeaning', '')} ({scheme} {code.get('CodeValue', '')})"
     if vt == "NUM":
         seq = item.get("MeasuredValueSequence")
         if not seq:

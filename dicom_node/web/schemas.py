@@ -8,11 +8,19 @@ paths are never part of them: files are served through authenticated endpoints b
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 Level = Literal["ok", "wait", "fail", "none"]
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    """The database keeps naive UTC; the API says so (``...Z``), as RFC 3339 requires."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_as_utc)]
 
 
 class Step(BaseModel):
@@ -45,8 +53,8 @@ class ModelCall(BaseModel):
 
 class StudyRow(BaseModel):
     study_uid: str
-    received_at: dt.datetime
-    last_received_at: dt.datetime
+    received_at: UtcDatetime
+    last_received_at: UtcDatetime
     patient_id: str
     patient_name: str
     accession_number: str
@@ -86,9 +94,9 @@ class DeliveryInfo(BaseModel):
     attempts: int
     last_status: int | None
     last_error: str
-    created_at: dt.datetime
-    next_attempt_at: dt.datetime
-    delivered_at: dt.datetime | None
+    created_at: UtcDatetime
+    next_attempt_at: UtcDatetime
+    delivered_at: UtcDatetime | None
 
 
 class DeliveryPage(BaseModel):
@@ -136,7 +144,7 @@ class ResultInfo(BaseModel):
     has_pdf: bool
     sr: list[SRNode] | None = None
     sr_error: str = ""
-    created_at: dt.datetime
+    created_at: UtcDatetime
 
 
 class JobInfo(BaseModel):
@@ -147,9 +155,9 @@ class JobInfo(BaseModel):
     attempts: int
     worker: str
     error: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     latency_seconds: float | None
     results: list[ResultInfo]
     deliveries: list[DeliveryInfo]
@@ -166,17 +174,17 @@ class SeriesInfo(BaseModel):
     instance_count: int
     state: str
     generation: int
-    first_received_at: dt.datetime
-    last_received_at: dt.datetime
-    completed_at: dt.datetime | None
+    first_received_at: UtcDatetime
+    last_received_at: UtcDatetime
+    completed_at: UtcDatetime | None
     route_name: str | None
     route_reason: str
     jobs: list[JobInfo]
 
 
 class EventInfo(BaseModel):
-    time: dt.datetime
-    last_time: dt.datetime
+    time: UtcDatetime
+    last_time: UtcDatetime
     count: int = Field(description="consecutive events of this kind collapsed into this row")
     kind: str
     series_uid: str
@@ -194,8 +202,8 @@ class StudyDetail(BaseModel):
     accession_number: str
     study_date: str
     study_description: str
-    first_received_at: dt.datetime
-    last_received_at: dt.datetime
+    first_received_at: UtcDatetime
+    last_received_at: UtcDatetime
     series: list[SeriesInfo]
     other_deliveries: list[DeliveryInfo]
     events: list[EventInfo]
@@ -215,7 +223,7 @@ class ModelStats(BaseModel):
 
 class AuditRow(BaseModel):
     id: int
-    time: dt.datetime
+    time: UtcDatetime
     username: str
     action: str
     target: str

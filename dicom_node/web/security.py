@@ -30,9 +30,13 @@ class SecurityHeaders:
     the static files: pages, images and API answers carry patient data, which must not stay
     in a browser or proxy cache after logout."""
 
-    def __init__(self, app: ASGIApp, static_prefix: str = "/static/") -> None:
+    def __init__(self, app: ASGIApp, static_prefix: str = "/static/", hsts: bool = False) -> None:
         self.app = app
         self.static_prefix = static_prefix
+        # Only when served over TLS: HSTS on plain HTTP would lock browsers out of the page.
+        self.headers = dict(HEADERS)
+        if hsts:
+            self.headers["Strict-Transport-Security"] = "max-age=31536000"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +47,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
                 if is_static:
                     headers.setdefault("Cache-Control", "private, max-age=3600")

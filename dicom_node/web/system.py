@@ -52,4 +52,5 @@ def metrics(request: Request, db: Session = Depends(get_db)) -> Response:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return Response(render_metrics(ctx.sessions, ctx.status), media_type=CONTENT_TYPE_LATEST)
+    body = render_metrics(ctx.sessions, ctx.status, ctx.latency)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -52,8 +52,14 @@ def _prob_level(value: float | None) -> str:
 
 
 def _dicom_name(value: str) -> str:
-    """``DOE^JOHN`` -> ``DOE, JOHN`` (PS3.5 PN components are separated by carets)."""
-    parts = [p for p in value.split("=")[0].split("^") if p]
+    """``DOE^JOHN`` -> ``DOE, JOHN``.
+
+    PS3.5 6.2: a PN has up to three component groups separated by ``=`` (alphabetic,
+    ideographic, phonetic) and components separated by ``^``; the first non-empty group is
+    shown.
+    """
+    group = next((g for g in value.split("=") if g.strip("^ ")), "")
+    parts = [p for p in group.split("^") if p]
     if not parts:
         return ""
     return parts[0] + (", " + " ".join(parts[1:]) if len(parts) > 1 else "")

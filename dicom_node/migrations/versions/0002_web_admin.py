@@ -1,4 +1,4 @@
-"""web admin: API tokens and indexes for the studies list
+"""web admin: API tokens, indexes for the studies list and the study timeline
 
 Revision ID: 0002
 Revises: 0001
@@ -36,8 +36,15 @@ def upgrade() -> None:
         batch_op.create_index("ix_study_patient_name", ["patient_name"], unique=False)
         batch_op.create_index("ix_study_accession_number", ["accession_number"], unique=False)
 
+    # The study timeline also collects events that name only a job (job.requeued).
+    with op.batch_alter_table("event", schema=None) as batch_op:
+        batch_op.create_index("ix_event_job_id", ["job_id"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("event", schema=None) as batch_op:
+        batch_op.drop_index("ix_event_job_id")
+
     with op.batch_alter_table("study", schema=None) as batch_op:
         batch_op.drop_index("ix_study_accession_number")
         batch_op.drop_index("ix_study_patient_name")

@@ -1,0 +1,138 @@
+"""``dicom_node.users`` and the ``dicom-node users`` sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node import users
+from dicom_node.commands import users as users_command
+from dicom_node.config import Settings
+from dicom_node.db import ApiToken, User, create_engine, session_factory
+from tests.web.conftest import make_settings
+
+
+def test_add_and_authenticate(sessions: sessionmaker[Session]) -> None:
+    users.add_user(sessions, "bob", "correct horse", "admin")
+    user = users.authenticate(sessions, "bob", "correct horse")
+    assert user is not None and user.role == "admin" and user.last_login_at is not None
+    assert users.authenticate(sessions, "bob", "wrong horse") is None
+    assert users.authenticate(sessions, "nobody", "correct horse") is None
+    with sessions() as session:
+        stored = session.scalars(select(User)).one().password_hash
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "role", "message"),
+    [
+        ("bob", "short", "viewer", "at least 8"),
+        ("bob smith", "long enough", "viewer", "invalid username"),
+        ("bob", "long enough", "root", "invalid role"),
+    ],
+)
+def test_add_user_validation(
+    sessions: sessionmaker[Session], username: str, password: str, role: str, message: str
+) -> None:
+    with pytest.raises(users.UserError, match=message):
+        users.add_user(sessions, username, password, role)
+
+
+def test_duplicate_disable_and_passwd(sessions: sessionmaker[Session]) -> None:
+    users.add_user(sessions, "carol", "password-1")
+    with pytest.raises(users.UserError, match="exists"):
+        users.add_user(sessions, "carol", "password-2")
+    users.set_password(sessions, "carol", "password-3")
+    assert users.authenticate(sessions, "carol", "password-1") is None
+    assert users.authenticate(sessions, "carol", "password-3") is not None
+    token = users.create_token(sessions, "carol")
+    users.disable_user(sessions, "carol")
+    assert users.authenticate(sessions, "carol", "password-3") is None
+    with sessions() as session:
+        assert users.user_for_token(session, token) is None
+        assert session.scalars(select(ApiToken)).one().revoked
+    with pytest.raises(users.UserError, match="disabled"):
+        users.create_token(sessions, "carol")
+    with pytest.raises(users.UserError, match="no user"):
+        users.disable_user(sessions, "dave")
+    assert [u.username for u in users.list_users(sessions)] == ["carol"]
+
+
+@pytest.fixture
+def cli_settings(tmp_path: Path) -> Settings:
+    settings = make_settings(tmp_path)
+    create_engine(settings.database_url).dispose()
+    return settings
+
+
+def _run(
+    settings: Settings,
+    argv: list[str],
+    stdin: str = "",
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog="dicom-node")
+    users_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    if monkeypatch is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    return users_command.run(args, settings)
+
+
+def test_cli(
+    cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _run(
+            cli_settings,
+            ["users", "add", "erin", "--role", "admin", "--password-stdin"],
+            "secret-pass\n",
+            monkeypatch,
+        )
+        == 0
+    )
+    assert "user erin added (admin)" in capsys.readouterr().out
+    assert (
+        _run(
+            cli_settings, ["users", "add", "erin", "--password-stdin"], "secret-pass\n", monkeypatch
+        )
+        == 1
+    )
+    assert "exists" in capsys.readouterr().err
+    assert _run(cli_settings, ["users", "list"]) == 0
+    assert "erin" in capsys.readouterr().out
+    assert _run(cli_settings, ["users", "token", "erin", "--name", "grafana"]) == 0
+    token = capsys.readouterr().out.strip()
+    sessions = session_factory(create_engine(cli_settings.database_url))
+    with sessions() as session:
+        user = users.user_for_token(session, token)
+        assert user is not None and user.username == "erin"
+    assert (
+        _run(
+            cli_settings,
+            ["users", "passwd", "erin", "--password-stdin"],
+            "other-pass\n",
+            monkeypatch,
+        )
+        == 0
+    )
+    assert users.authenticate(sessions, "erin", "other-pass") is not None
+    assert _run(cli_settings, ["users", "token", "erin", "--revoke"]) == 0
+    assert "1 token(s) of erin revoked" in capsys.readouterr().out
+    assert _run(cli_settings, ["users", "disable", "erin"]) == 0
+    assert users.authenticate(sessions, "erin", "other-pass") is None
+    assert _run(cli_settings, ["users", "disable", "nobody"]) == 1
+
+
+def test_cli_password_prompt_mismatch(
+    cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = iter(["first-password", "second-password"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert _run(cli_settings, ["users", "add", "frank"]) == 1
+    assert "do not match" in capsys.readouterr().err
