@@ -58,26 +58,31 @@ class DefaultActions:
                 raise ActionError(f"series {series_uid} has no route (state {series.state})")
             study_uid = session.scalar(select(Study.study_uid).where(Study.id == series.study_id))
             series.generation += 1
-            job = Job(
-                series_id=series.id,
-                generation=series.generation,
-                route_name=series.route_name,
-                state="queued",
-            )
-            session.add(job)
-            session.flush()
-            history.record(
-                session,
-                "job.queued",
-                study_uid=study_uid or "",
-                series_uid=series_uid,
-                job_id=job.id,
-                generation=series.generation,
-                route=series.route_name,
-                reason="re-run requested on the admin page",
-            )
+            # A series taken by several routes (``continue = true``) records them all,
+            # comma-separated; each gets its own job, as at completion.
+            job_ids = []
+            for route_name in series.route_name.split(","):
+                job = Job(
+                    series_id=series.id,
+                    generation=series.generation,
+                    route_name=route_name,
+                    state="queued",
+                )
+                session.add(job)
+                session.flush()
+                job_ids.append(job.id)
+                history.record(
+                    session,
+                    "job.queued",
+                    study_uid=study_uid or "",
+                    series_uid=series_uid,
+                    job_id=job.id,
+                    generation=series.generation,
+                    route=route_name,
+                    reason="re-run requested on the admin page",
+                )
             session.commit()
-            return job.id
+            return job_ids[0]
 
 
 def routed_series(session: Session, study_uid: str) -> list[str]:
