@@ -171,9 +171,19 @@ class Node:
                     self._spawn_worker(name)
             self._stop.wait(2.0)
 
+    @property
+    def web_url(self) -> str | None:
+        """Where the admin page listens, when it runs."""
+        return getattr(self._web, "url", None) if self._web is not None else None
+
     def stop(self) -> None:
         self._running.clear()
-        self._stop.set()
+        # Setting a multiprocessing Event takes a lock shared with the workers; a worker
+        # that died holding it (killed by a signal) would block us forever, so set it from
+        # a helper thread and go on after a while: the workers are then terminated below.
+        setter = threading.Thread(target=self._stop.set, daemon=True)
+        setter.start()
+        setter.join(timeout=5)
         self.scp.stop()
         self.completion.stop()
         self.delivery.stop()

@@ -67,7 +67,10 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
 
     setup_logging(f"worker-{name}")
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # The parent decides when we stop: Ctrl-C, `timeout` or systemd signal the whole process
+    # group, and a worker killed by that signal could die holding the stop event's lock.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threads = str(settings.workers.inference_threads)
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
