@@ -64,7 +64,7 @@ class ScpSettings(_Strict):
     allowed_calling_aes: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     require_called_ae: bool = True
-    max_pdu_size: int = Field(0, ge=0)
+    max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     network_timeout: float = Field(60, gt=0)
 
     @field_validator("allowed_calling_aes")
@@ -222,11 +222,7 @@ class Settings(_Strict):
 
     @property
     def models_dir(self) -> Path:
-        path = self.models.dir
-        if not path.is_absolute() and not path.exists() and (PACKAGE_ROOT / path).exists():
-            # Running from another directory: fall back to the models shipped with the source.
-            path = PACKAGE_ROOT / path
-        return path.resolve()
+        return self.models.dir.resolve()
 
     @property
     def database_url(self) -> str:
@@ -326,6 +322,13 @@ def load_settings(
         raise ConfigError(f"cannot read configuration file {source}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    models = data.get("models")
+    if cfg_path.resolve() == DEFAULT_CONFIG.resolve() and isinstance(models, dict):
+        # The embedded configuration's model folder is the one shipped with the code, from
+        # whatever directory the node is started; relative paths from a user's own file or
+        # the environment stay relative to the working directory.
+        folder = Path(str(models.get("dir", "models")))
+        models["dir"] = str(folder if folder.is_absolute() else PACKAGE_ROOT / folder)
     env = _env_overrides(os.environ if environ is None else environ)
     if env:
         source += " + environment"

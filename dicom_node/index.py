@@ -8,15 +8,16 @@ completes a half-done receive.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import history
-from dicom_node.db import Instance, Series, Study, utcnow
+from dicom_node.db import Event, Instance, Series, Study, utcnow
 
 # Series states after which a new instance is "late" (the series was already processed).
 PROCESSED_STATES = frozenset({"routed", "unrouted", "ignored"})
@@ -50,48 +51,123 @@ class IndexOutcome:
     reopened: bool  # a late instance reopened a processed series
 
 
-def _get_or_create_study(session: Session, meta: InstanceMeta, now: dt.datetime) -> Study:
-    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-    if study is None:
-        study = Study(
-            study_uid=meta.study_uid,
-            patient_id=meta.patient_id[:64],
-            patient_name=meta.patient_name[:324],
-            accession_number=meta.accession_number[:16],
-            study_date=meta.study_date[:8],
-            study_description=meta.study_description[:64],
-            first_received_at=now,
-            last_received_at=now,
-        )
-        session.add(study)
-        session.flush()
-    else:
-        study.last_received_at = now
-    return study
+@dataclass
+class IndexCache:
+    """Study and series row ids already looked up on one association.
+
+    A modality sends a whole series over one association, so after the first instance the
+    study and series rows are known: caching their ids saves two SELECTs per instance (and
+    the ORM objects they would load). Keep one cache per association, not per process: an
+    id held for minutes could outlive a row that an operator deletes; a stale id is caught
+    anyway (no row updated, or a foreign-key error) and the cache is then cleared.
+    """
+
+    studies: dict[str, int] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.studies.clear()
+        self.series.clear()
 
 
-def _get_or_create_series(
-    session: Session, meta: InstanceMeta, study: Study, calling_ae: str, now: dt.datetime
-) -> Series:
-    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
-    if series is None:
-        series = Series(
-            series_uid=meta.series_uid,
-            study_id=study.id,
-            modality=meta.modality[:16],
-            body_part=meta.body_part[:64],
-            series_description=meta.series_description[:64],
-            series_number=meta.series_number[:12],
-            calling_ae=calling_ae,
-            instance_count=0,
-            first_received_at=now,
-            last_received_at=now,
-            state="receiving",
-            generation=0,
-        )
-        session.add(series)
-        session.flush()
-    return series
+class _StaleCacheError(Exception):
+    """A cached series id matched no row: look it up again."""
+
+
+# The statements of the receive path, built once: building a statement and its cache key
+# costs more than running it on SQLite, and this runs for every instance received.
+_DUPLICATE_STATE = (
+    select(Series.state)
+    .join(Instance, Instance.series_id == Series.id)
+    .where(Instance.sop_instance_uid == bindparam("b_sop_uid"))
+)
+_TOUCH_STUDY = (
+    update(Study).where(Study.id == bindparam("b_id")).values(last_received_at=bindparam("b_now"))
+)
+_TOUCH_STUDY_BY_UID = (
+    update(Study)
+    .where(Study.study_uid == bindparam("b_uid"))
+    .values(last_received_at=bindparam("b_now"))
+    .returning(Study.id)
+)
+_INSERT_STUDY = insert(Study).returning(Study.id)
+_FIND_SERIES = select(Series.id).where(Series.series_uid == bindparam("b_uid"))
+_INSERT_SERIES = insert(Series).returning(Series.id)
+# Count in SQL (instance_count + 1), not in Python: concurrent associations adding to the
+# same series must not overwrite each other's count.
+_COUNT_INSTANCE = (
+    update(Series)
+    .where(Series.id == bindparam("b_id"))
+    .values(instance_count=Series.instance_count + 1, last_received_at=bindparam("b_now"))
+    .returning(Series.state, Series.generation)
+)
+_REOPEN_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("b_id"))
+    .values(state="receiving", generation=Series.generation + 1)
+    .returning(Series.generation)
+)
+_INSERT_INSTANCE = insert(Instance)
+_INSERT_EVENT = insert(Event)
+
+
+def _study_id(conn: Connection, meta: InstanceMeta, now: dt.datetime, cache: IndexCache) -> int:
+    cached = cache.studies.get(meta.study_uid)
+    if cached is not None:
+        conn.execute(_TOUCH_STUDY, {"b_id": cached, "b_now": now})
+        return cached
+    found = conn.execute(_TOUCH_STUDY_BY_UID, {"b_uid": meta.study_uid, "b_now": now}).scalar()
+    if found is None:
+        found = conn.execute(
+            _INSERT_STUDY,
+            {
+                "study_uid": meta.study_uid,
+                "patient_id": meta.patient_id[:64],
+                "patient_name": meta.patient_name[:324],
+                "accession_number": meta.accession_number[:16],
+                "study_date": meta.study_date[:8],
+                "study_description": meta.study_description[:64],
+                "first_received_at": now,
+                "last_received_at": now,
+            },
+        ).scalar_one()
+    cache.studies[meta.study_uid] = found
+    return found
+
+
+def _series_id(
+    conn: Connection,
+    meta: InstanceMeta,
+    study_id: int,
+    calling_ae: str,
+    now: dt.datetime,
+    cache: IndexCache,
+) -> int:
+    cached = cache.series.get(meta.series_uid)
+    if cached is not None:
+        return cached
+    found = conn.execute(_FIND_SERIES, {"b_uid": meta.series_uid}).scalar()
+    if found is None:
+        # Created with no instance; the caller counts this one like every other.
+        found = conn.execute(
+            _INSERT_SERIES,
+            {
+                "series_uid": meta.series_uid,
+                "study_id": study_id,
+                "modality": meta.modality[:16],
+                "body_part": meta.body_part[:64],
+                "series_description": meta.series_description[:64],
+                "series_number": meta.series_number[:12],
+                "calling_ae": calling_ae,
+                "instance_count": 0,
+                "first_received_at": now,
+                "last_received_at": now,
+                "state": "receiving",
+                "generation": 0,
+            },
+        ).scalar_one()
+    cache.series[meta.series_uid] = found
+    return found
 
 
 def _index_once(
@@ -102,15 +178,14 @@ def _index_once(
     calling_ae: str,
     remote_address: str,
     late_rule: str,
+    cache: IndexCache,
 ) -> IndexOutcome:
+    """One transaction of prebuilt Core statements: this runs for every instance received,
+    and ORM objects (load, track, flush) cost more than the SQL itself."""
     now = utcnow()
-    existing = session.scalar(
-        select(Instance.id).where(Instance.sop_instance_uid == meta.sop_instance_uid)
-    )
+    conn = session.connection()
+    existing = conn.execute(_DUPLICATE_STATE, {"b_sop_uid": meta.sop_instance_uid}).first()
     if existing is not None:
-        series_state = session.scalar(
-            select(Series.state).join(Instance).where(Instance.id == existing)
-        )
         history.record(
             session,
             "instance.duplicate",
@@ -119,51 +194,56 @@ def _index_once(
             sop_instance_uid=meta.sop_instance_uid,
             calling_ae=calling_ae,
         )
-        return IndexOutcome(False, series_state or "", False)
+        return IndexOutcome(False, existing.state or "", False)
 
-    study = _get_or_create_study(session, meta, now)
-    series = _get_or_create_series(session, meta, study, calling_ae, now)
+    study_id = _study_id(conn, meta, now, cache)
+    series_id = _series_id(conn, meta, study_id, calling_ae, now, cache)
+    row = conn.execute(_COUNT_INSTANCE, {"b_id": series_id, "b_now": now}).first()
+    if row is None:
+        raise _StaleCacheError(meta.series_uid)
+    state, generation = str(row.state), int(row.generation)
     reopened = False
-    if series.state in PROCESSED_STATES and late_rule == "rerun":
+    if state in PROCESSED_STATES and late_rule == "rerun":
         # Late instance: reopen the series; after a new quiet period it is routed and
         # processed again as the next generation, whose results replace the old ones.
-        series.state = "receiving"
-        series.generation += 1
-        reopened = True
+        generation = conn.execute(_REOPEN_SERIES, {"b_id": series_id}).scalar_one()
+        state, reopened = "receiving", True
         history.record(
             session,
             "series.reopened",
             study_uid=meta.study_uid,
             series_uid=meta.series_uid,
-            generation=series.generation,
+            generation=generation,
         )
-    series.instance_count += 1
-    series.last_received_at = now
-    session.add(
-        Instance(
-            sop_instance_uid=meta.sop_instance_uid,
-            sop_class_uid=meta.sop_class_uid,
-            transfer_syntax_uid=meta.transfer_syntax_uid,
-            series_id=series.id,
-            instance_number=meta.instance_number,
-            path=str(path),
-            size=size,
-            calling_ae=calling_ae,
-            remote_address=remote_address,
-            received_at=now,
-            generation=series.generation,
-        )
+    conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "sop_instance_uid": meta.sop_instance_uid,
+            "sop_class_uid": meta.sop_class_uid,
+            "transfer_syntax_uid": meta.transfer_syntax_uid,
+            "series_id": series_id,
+            "instance_number": meta.instance_number,
+            "path": str(path),
+            "size": size,
+            "calling_ae": calling_ae,
+            "remote_address": remote_address,
+            "received_at": now,
+            "generation": generation,
+        },
     )
-    history.record(
-        session,
-        "instance.received",
-        study_uid=meta.study_uid,
-        series_uid=meta.series_uid,
-        sop_instance_uid=meta.sop_instance_uid,
-        calling_ae=calling_ae,
-        size=size,
+    # What history.record would add, as one Core INSERT (no ORM object to flush).
+    conn.execute(
+        _INSERT_EVENT,
+        {
+            "time": now,
+            "kind": "instance.received",
+            "study_uid": meta.study_uid,
+            "series_uid": meta.series_uid,
+            "sop_instance_uid": meta.sop_instance_uid,
+            "detail": {"calling_ae": calling_ae, "size": size},
+        },
     )
-    return IndexOutcome(True, series.state, reopened)
+    return IndexOutcome(True, state, reopened)
 
 
 def index_instance(
@@ -175,22 +255,32 @@ def index_instance(
     calling_ae: str = "",
     remote_address: str = "",
     late_rule: str = "rerun",
+    cache: IndexCache | None = None,
+    before_commit: Callable[[], object] | None = None,
 ) -> IndexOutcome:
     """Record one instance; safe to call twice for the same SOP Instance UID.
 
     Two associations may create the same study or series at the same moment; the loser of
     that race gets an IntegrityError and simply tries again, finding the winner's row.
+    ``cache`` (one per association) remembers study and series ids between calls.
+    ``before_commit`` runs just before the commit (maybe more than once, on a retry); if it
+    raises, nothing is committed. The receive path waits there for the spool folder's
+    fsync, so an index row never exists for a file whose name is not yet durable.
     """
+    cache = cache if cache is not None else IndexCache()
     for attempt in range(3):
         with sessions() as session:
             try:
                 outcome = _index_once(
-                    session, meta, path, size, calling_ae, remote_address, late_rule
+                    session, meta, path, size, calling_ae, remote_address, late_rule, cache
                 )
+                if before_commit is not None:
+                    before_commit()
                 session.commit()
                 return outcome
-            except IntegrityError:
+            except (IntegrityError, _StaleCacheError):
                 session.rollback()
+                cache.clear()  # a cached id may be the cause; look everything up again
                 if attempt == 2:
                     raise
     raise AssertionError("unreachable")

@@ -123,6 +123,7 @@ class Node:
         if requeued:
             log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
         reconcile_spool(self.spool, self.sessions)
+        self._log_waiting_routes()
         self.scp.start()
         self.completion.start()
         self.delivery.start()
@@ -140,6 +141,16 @@ class Node:
             self._supervisor.start()
         if self._web_enabled:
             self._start_web()
+
+    def _log_waiting_routes(self) -> None:
+        """Say at start-up which routes wait for which model weights."""
+        from dicom_node.model_status import describe_waits, route_waits
+        from inference.registry import load_manifests
+
+        for line in describe_waits(
+            route_waits(self.settings, load_manifests(self.settings.models_dir))
+        ):
+            log.warning("%s", line)
 
     def _start_web(self) -> None:
         web_settings = getattr(self.settings, "web", None)

@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import Settings
 from dicom_node.sender import iter_files
+from inference.datasets import read_picture
 from inference.types import SeriesPrediction
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{picture}: skipped, pictures need --model (they carry no tags to route by)")
             status = 1
             continue
-        image = np.asarray(Image.open(picture).convert("RGB"))
+        image = read_picture(picture)  # the same reader as training, so the same pixels
         prediction = models.get(args.model).predict_image(image, explain=bool(args.heatmap))
         _print_prediction(str(picture), prediction)
         if args.heatmap:
