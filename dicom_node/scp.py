@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -366,6 +367,9 @@ class StoreSCP:
         # Stream each incoming dataset to a file in the spool's own folder instead of RAM:
         # memory stays flat for 500 MB instances and the final step is a same-disk link.
         self._io = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
+        # We validate the UIDs that matter ourselves (valid_uid); pydicom's per-value
+        # validation of every element read costs ~0.5 ms per instance and would only warn.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         _config.STORE_RECV_CHUNKED_DATASET = True
         _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
             IncomingFile, self.spool.tmp

@@ -129,10 +129,13 @@ def feature_model(model: Any, path: list[str]) -> Any:
         raise ValueError("Grad-CAM supports single-input, single-output models only")
     head, rest = path[0], path[1:]
     layer = model.get_layer(head)
-    if not rest:
+    if not rest and len(getattr(layer, "_inbound_nodes", ())) <= 1:
         return keras.Model(model.inputs, [layer.output, model.outputs[0]])
-
-    inner = feature_model(layer, rest)
+    # A nested layer, or a layer called more than once: a Sequential model loaded from a
+    # Keras 2 .h5 file has been built several times, and ``layer.output`` then belongs to
+    # a graph that does not lead to ``model.outputs``. Replaying the graph on a new input
+    # captures the feature map of the very call that produces the output.
+    inner = feature_model(layer, rest) if rest else None
     captured: list[Any] = []
 
     def substitute(operation: Any) -> Any:
@@ -140,6 +143,10 @@ def feature_model(model: Any, path: list[str]) -> Any:
             return operation
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            if inner is None:
+                out = layer(*args, **kwargs)
+                captured.append(out)
+                return out
             features, out = inner(*args, **kwargs)
             captured.append(features)
             return out

