@@ -24,9 +24,9 @@ from dicom_node.completion import CompletionThread
 from dicom_node.config import Settings
 from dicom_node.db import Instance, create_engine, session_factory
 from dicom_node.delivery import Deliverer, DeliveryThread
-from dicom_node.index import InstanceMeta, index_instance
+from dicom_node.index import index_instance
 from dicom_node.pipeline import requeue_interrupted
-from dicom_node.scp import StoreSCP, _text
+from dicom_node.scp import StoreSCP, meta_from_dataset
 from dicom_node.spool import Spool, valid_uid
 from dicom_node.worker import InProcessWorker, model_cache, worker_main
 
@@ -59,20 +59,7 @@ def reconcile_spool(spool: Spool, sessions: sessionmaker[Session]) -> int:
             continue
         try:
             ds = dcmread(path, stop_before_pixels=True)
-            meta = InstanceMeta(
-                study_uid=_text(ds, "StudyInstanceUID"),
-                series_uid=_text(ds, "SeriesInstanceUID"),
-                sop_instance_uid=_text(ds, "SOPInstanceUID"),
-                sop_class_uid=_text(ds, "SOPClassUID"),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                patient_id=_text(ds, "PatientID"),
-                patient_name=_text(ds, "PatientName"),
-                accession_number=_text(ds, "AccessionNumber"),
-                study_date=_text(ds, "StudyDate"),
-                modality=_text(ds, "Modality"),
-                body_part=_text(ds, "BodyPartExamined"),
-                series_description=_text(ds, "SeriesDescription"),
-            )
+            meta = meta_from_dataset(ds)
             if not all(
                 valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)
             ):

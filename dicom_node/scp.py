@@ -226,6 +226,27 @@ def _check_not_truncated(ds: Dataset, size: int) -> None:
             )
 
 
+def meta_from_dataset(ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, as text (multi-values joined like DICOM)."""
+    return InstanceMeta(
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_text(ds, "SeriesNumber"),
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+    )
+
+
 def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
     """Read and check the header of a received file.
 
@@ -237,29 +258,11 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
     size = path.stat().st_size
     try:
         ds = dcmread(path, defer_size=_DEFER)
-        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
         # Touch the header attributes we need: decoding errors surface here, not later.
-        study_uid = _text(ds, "StudyInstanceUID")
-        series_uid = _text(ds, "SeriesInstanceUID")
-        sop_uid = _text(ds, "SOPInstanceUID")
-        sop_class = _text(ds, "SOPClassUID")
-        meta = InstanceMeta(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
-            transfer_syntax_uid=transfer_syntax,
-            patient_id=_text(ds, "PatientID"),
-            patient_name=_text(ds, "PatientName"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_date=_text(ds, "StudyDate"),
-            study_description=_text(ds, "StudyDescription"),
-            modality=_text(ds, "Modality"),
-            body_part=_text(ds, "BodyPartExamined"),
-            series_description=_text(ds, "SeriesDescription"),
-            series_number=_text(ds, "SeriesNumber"),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
-        )
+        meta = meta_from_dataset(ds)
+        transfer_syntax = meta.transfer_syntax_uid
+        study_uid, series_uid = meta.study_uid, meta.series_uid
+        sop_uid, sop_class = meta.sop_instance_uid, meta.sop_class_uid
     except StoreRejectedError:
         raise
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:

@@ -343,3 +343,24 @@ def test_concurrent_associations_same_series(start_node: Any) -> None:
     (series,) = node.query(select(Series))
     assert series.instance_count == 24
     assert len(node.query(select(Instance))) == 24
+
+
+def test_restart_indexes_spool_files_without_index_row(start_node: Any, tmp_path: Path) -> None:
+    """A crash between the file's link into the spool and the database commit leaves a
+    durable file without a row (its sender got no Success); start-up indexes it, and
+    removes partial files left in the incoming folder."""
+    from dicom_node.spool import Spool
+
+    first = start_node()
+    spool_dir = first.settings.spool_dir
+    first.node.stop()
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    spool = Spool(spool_dir)
+    target = spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(pydicom_file("CT_small.dcm").read_bytes())
+    (spool.tmp / "partial.part").write_bytes(b"\x00" * 10)
+    node = start_node(node={"data_dir": str(first.settings.data_dir)}, scp={"port": first.port})
+    (row,) = node.query(select(Instance))
+    assert row.sop_instance_uid == ds.SOPInstanceUID and row.path == str(target)
+    assert list(spool.tmp.iterdir()) == []
