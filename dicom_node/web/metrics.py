@@ -136,9 +136,8 @@ class NodeCollector(Collector):
         yield g
 
     def _jobs(self, session: Session) -> Iterator[Metric]:
-        counts = dict(
-            session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all()
-        )
+        rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
+        counts: dict[str, int] = {state: count for state, count in rows}
         g = GaugeMetricFamily("dicom_node_jobs", "Jobs by state", labels=["state"])
         for state in sorted({"queued", "running", "done", "failed", *counts}):
             g.add_metric([state], counts.get(state, 0))
