@@ -24,6 +24,7 @@ drawn, so the caveat stays legible on a 64 x 64 MR slice.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Final
 
@@ -46,7 +47,7 @@ from dicom_node.results.common import (
     header_copy,
     headline_probability,
 )
-from inference.types import Heatmap, SeriesPrediction
+from inference.types import Heatmap, ModelInfo, SeriesPrediction
 
 # Shorter image side below which the picture is enlarged before text is drawn.
 MIN_SIDE: Final = 512
@@ -123,24 +124,14 @@ def build_sc(
         frame = _checked_frame(source, heatmap)
         pixels = burn_in_text(heatmap.overlay, annotation_lines(prediction, heatmap))
         model = prediction.model
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=header_copy(source),
-            pixel_array=pixels,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            series_instance_uid=series_uid,
-            series_number=series_number,
-            sop_instance_uid=instance_uid,
-            instance_number=instance_number,
-            patient_orientation=_ORIENTATION_PLACEHOLDER,
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[algorithm_equipment(model)],
-            series_description=f"AI {model.name} heatmap"[:64],
-            manufacturer=identity.MANUFACTURER,
-            manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
-            software_versions=identity.SOFTWARE_VERSIONS,
-        )
+        with warnings.catch_warnings():
+            # highdicom re-checks the source's person names (e.g. a one-word referring
+            # physician "ward"); they are the PACS's data, copied as they are, so the
+            # warning would only repeat in every worker log.
+            warnings.filterwarnings("ignore", message=r"The string .* person name")
+            sc = _sc_from_source(
+                source, pixels, series_uid, series_number, instance_uid, instance_number, model
+            )
         sc.PatientOrientation = patient_orientation(source, frame)
         _set_anatomy(sc, source)
         _set_derivation(sc, source, frame, prediction, heatmap)
@@ -336,3 +327,33 @@ def _set_derivation(
         f"{identity.NOT_FOR_DIAGNOSTIC_USE_SHORT}."
     )[:1024]
     sc.ImageComments = identity.NOT_FOR_DIAGNOSTIC_USE
+
+
+def _sc_from_source(
+    source: Dataset,
+    pixels: npt.NDArray[np.uint8],
+    series_uid: str,
+    series_number: int,
+    instance_uid: str,
+    instance_number: int,
+    model: ModelInfo,
+) -> hd.sc.SCImage:
+    """highdicom's SC derived from the source: patient and study copied from it."""
+    return hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header_copy(source),
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=instance_uid,
+        instance_number=instance_number,
+        patient_orientation=_ORIENTATION_PLACEHOLDER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[algorithm_equipment(model)],
+        series_description=f"AI {model.name} heatmap"[:64],
+        manufacturer=identity.MANUFACTURER,
+        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+        software_versions=identity.SOFTWARE_VERSIONS,
+    )
