@@ -20,6 +20,7 @@ from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, api_admin, api_user
 from dicom_node.web.context import get_context, get_db
 from dicom_node.web.filters import SortName, StateName, StudyFilter
+from dicom_node.web.operations import audited_retry
 from dicom_node.web.pages import UID_PATTERN
 from dicom_node.web.schemas import (
     AuditPage,
@@ -214,27 +215,9 @@ def retry_delivery(
     db: Session = Depends(get_db),
 ) -> DeliveryInfo:
     try:
-        delivery = actions.retry_delivery(db, delivery_id, user.username)
+        delivery = audited_retry(db, request, user.username, delivery_id, via="api")
     except actions.ActionError as exc:
-        db.rollback()
-        audit(
-            db,
-            request,
-            user.username,
-            "retry_delivery",
-            str(delivery_id),
-            success=False,
-            detail={"error": str(exc), "via": "api"},
-        )
         raise HTTPException(status_code=409, detail=str(exc)) from None
-    audit(
-        db,
-        request,
-        user.username,
-        "retry_delivery",
-        str(delivery_id),
-        detail={"study_uid": delivery.study_uid, "via": "api"},
-    )
     return detail.delivery_info(delivery)
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
+from dicom_node.db import Delivery
 from dicom_node.web import actions, detail, export, render
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, api_user, page_admin
@@ -29,6 +30,41 @@ def _back(back: str) -> str:
     return f"/studies/{back}" if UID_RE.match(back) else "/deliveries"
 
 
+def audited_retry(
+    db: Session, request: Request, username: str, delivery_id: int, *, via: str
+) -> Delivery:
+    """Retry a failed delivery and audit the attempt, refused or not (page and API).
+
+    Raises
+    ------
+    actions.ActionError
+        Unknown delivery, or one that has not failed (audited as unsuccessful).
+    """
+    try:
+        delivery = actions.retry_delivery(db, delivery_id, username)
+    except actions.ActionError as exc:
+        db.rollback()
+        audit(
+            db,
+            request,
+            username,
+            "retry_delivery",
+            str(delivery_id),
+            success=False,
+            detail={"error": str(exc), "via": via},
+        )
+        raise
+    audit(
+        db,
+        request,
+        username,
+        "retry_delivery",
+        str(delivery_id),
+        detail={"study_uid": delivery.study_uid, "via": via},
+    )
+    return delivery
+
+
 @router.post("/deliveries/{delivery_id}/retry")
 def retry(
     request: Request,
@@ -38,28 +74,10 @@ def retry(
     db: Session = Depends(get_db),
 ) -> Response:
     try:
-        delivery = actions.retry_delivery(db, delivery_id, user.username)
+        audited_retry(db, request, user.username, delivery_id, via="page")
     except actions.ActionError as exc:
-        db.rollback()
-        audit(
-            db,
-            request,
-            user.username,
-            "retry_delivery",
-            str(delivery_id),
-            success=False,
-            detail={"error": str(exc)},
-        )
         flash(request, "error", str(exc))
     else:
-        audit(
-            db,
-            request,
-            user.username,
-            "retry_delivery",
-            str(delivery_id),
-            detail={"study_uid": delivery.study_uid},
-        )
         flash(request, "ok", f"Delivery {delivery_id} queued for another attempt.")
     return RedirectResponse(_back(back), status_code=303)
 
