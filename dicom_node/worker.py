@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dicom_node.config import Settings
@@ -59,11 +60,38 @@ def _preload(models: Any, settings: Settings) -> None:
             log.exception("model %s could not be loaded", model_id)
 
 
+def run_jobs(
+    runner: Any,
+    sessions: Any,
+    name: str,
+    stop: Any,
+    poll_interval: float,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> None:
+    """Claim and run jobs until ``stop`` (a threading or multiprocessing Event) is set.
+
+    The one job loop of both the worker processes and the in-process worker.
+    """
+    from dicom_node.pipeline import claim_next_job
+
+    while not stop.is_set() and keep_going():
+        try:
+            job_id = claim_next_job(sessions, name)
+        except Exception:
+            log.exception("cannot claim a job; retrying")
+            job_id = None
+        if job_id is None:
+            stop.wait(poll_interval)
+            continue
+        log.info("job %d started", job_id)
+        runner.run(job_id)
+
+
 def worker_main(settings: Settings, name: str, stop: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
     from dicom_node.db import create_engine, session_factory
     from dicom_node.logs import setup_logging
-    from dicom_node.pipeline import JobRunner, claim_next_job
+    from dicom_node.pipeline import JobRunner
 
     setup_logging(f"worker-{name}")
     _die_with_parent()
@@ -83,22 +111,16 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     runner = JobRunner(settings, sessions, models)
     log.info("worker %s started (pid %d)", name, os.getpid())
     parent = os.getppid()
-    while not stop.is_set():
-        if os.getppid() != parent:
-            # The serving process was killed (SIGKILL leaves no chance to stop us): exit,
-            # the next start requeues whatever we were doing.
-            log.warning("worker %s: parent process gone, exiting", name)
-            break
-        try:
-            job_id = claim_next_job(sessions, name)
-        except Exception:
-            log.exception("cannot claim a job; retrying")
-            job_id = None
-        if job_id is None:
-            stop.wait(settings.workers.poll_interval)
-            continue
-        log.info("job %d started", job_id)
-        runner.run(job_id)
+
+    def parent_alive() -> bool:
+        if os.getppid() == parent:
+            return True
+        # The serving process was killed (SIGKILL leaves no chance to stop us): exit, the
+        # next start requeues whatever we were doing.
+        log.warning("worker %s: parent process gone, exiting", name)
+        return False
+
+    run_jobs(runner, sessions, name, stop, settings.workers.poll_interval, parent_alive)
     engine.dispose()
     log.info("worker %s stopped", name)
 
@@ -119,18 +141,13 @@ class InProcessWorker(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from dicom_node.pipeline import claim_next_job
-
-        while not self.stopped.is_set():
-            try:
-                job_id = claim_next_job(self.sessions, self.worker_name)
-            except Exception:
-                log.exception("cannot claim a job; retrying")
-                job_id = None
-            if job_id is None:
-                self.stopped.wait(self.settings.workers.poll_interval)
-                continue
-            self.runner.run(job_id)
+        run_jobs(
+            self.runner,
+            self.sessions,
+            self.worker_name,
+            self.stopped,
+            self.settings.workers.poll_interval,
+        )
 
     def stop(self) -> None:
         self.stopped.set()

@@ -20,7 +20,7 @@ from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, api_admin, api_user
 from dicom_node.web.context import get_context, get_db
 from dicom_node.web.filters import SortName, StateName, StudyFilter
-from dicom_node.web.operations import audited_retry
+from dicom_node.web.operations import audited_rerun, audited_retry
 from dicom_node.web.pages import UID_PATTERN
 from dicom_node.web.schemas import (
     AuditPage,
@@ -166,18 +166,9 @@ def rerun_study(
 ) -> RerunResult:
     """Queue every routed series of the study again (a new generation each)."""
     try:
-        jobs, errors = actions.rerun_study(get_context(request).actions, db, study_uid)
+        jobs, errors = audited_rerun(db, request, user.username, study_uid, via="api")
     except actions.ActionError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
-    audit(
-        db,
-        request,
-        user.username,
-        "rerun_study",
-        study_uid,
-        success=bool(jobs) and not errors,
-        detail={"jobs": jobs, "errors": errors, "via": "api"},
-    )
     if not jobs:
         raise HTTPException(status_code=409, detail="; ".join(errors))
     return RerunResult(study_uid=study_uid, jobs=jobs)

@@ -65,6 +65,37 @@ def audited_retry(
     return delivery
 
 
+def audited_rerun(
+    db: Session, request: Request, username: str, study_uid: str, *, via: str
+) -> tuple[list[int], list[str]]:
+    """Re-run every routed series of a study and audit it (page and API).
+
+    Raises
+    ------
+    actions.ActionError
+        Unknown study (audited as unsuccessful).
+    """
+
+    def record(jobs: list[int], errors: list[str]) -> None:
+        audit(
+            db,
+            request,
+            username,
+            "rerun_study",
+            study_uid,
+            success=bool(jobs) and not errors,
+            detail={"jobs": jobs, "errors": errors, "via": via},
+        )
+
+    try:
+        jobs, errors = actions.rerun_study(get_context(request).actions, db, study_uid)
+    except actions.ActionError as exc:
+        record([], [str(exc)])
+        raise
+    record(jobs, errors)
+    return jobs, errors
+
+
 @router.post("/deliveries/{delivery_id}/retry")
 def retry(
     request: Request,
@@ -90,18 +121,9 @@ def rerun(
     db: Session = Depends(get_db),
 ) -> Response:
     try:
-        jobs, errors = actions.rerun_study(get_context(request).actions, db, study_uid)
+        jobs, errors = audited_rerun(db, request, user.username, study_uid, via="page")
     except actions.ActionError as exc:
         jobs, errors = [], [str(exc)]
-    audit(
-        db,
-        request,
-        user.username,
-        "rerun_study",
-        study_uid,
-        success=bool(jobs) and not errors,
-        detail={"jobs": jobs, "errors": errors},
-    )
     if jobs:
         flash(request, "ok", f"Queued job(s) {', '.join(map(str, jobs))}.")
     if errors:
