@@ -57,7 +57,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
+from dicom_node.header import read_header
 from dicom_node.index import IndexCache, InstanceMeta, index_instance
+from dicom_node.scp_reactors import accept_with_events
 from dicom_node.spool import Spool, SpoolFullError, valid_uid
 
 log = logging.getLogger(__name__)
@@ -226,14 +228,17 @@ def _check_not_truncated(ds: Dataset, size: int) -> None:
             )
 
 
-def meta_from_dataset(ds: Dataset) -> InstanceMeta:
-    """The header values the index keeps, as text (multi-values joined like DICOM)."""
+def meta_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceMeta:
+    """The header values the index keeps, as text (multi-values joined like DICOM).
+
+    ``transfer_syntax_uid`` when ``ds`` has no file meta (the fast header read).
+    """
     return InstanceMeta(
         study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         sop_class_uid=_text(ds, "SOPClassUID"),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        transfer_syntax_uid=transfer_syntax_uid or str(ds.file_meta.TransferSyntaxUID),
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
         accession_number=_text(ds, "AccessionNumber"),
@@ -247,36 +252,73 @@ def meta_from_dataset(ds: Dataset) -> InstanceMeta:
     )
 
 
+# The header attributes meta_from_dataset reads.
+_META_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+)
+
+
 def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
     """Read and check the header of a received file.
+
+    The fast path (``header.read_header``: one structural pass, pydicom decodes only the
+    values we keep) answers for well-formed files; anything it cannot vouch for (deflated,
+    or any structural complaint) is read again by pydicom, whose verdict stands, so the
+    fast path never refuses what pydicom would accept.
 
     Raises
     ------
     StoreRejectedError
         With the status to answer and the reason to log.
     """
+    try:
+        header = read_header(path, _META_KEYWORDS)
+        if header is not None:
+            meta = meta_from_dataset(header.dataset, header.transfer_syntax_uid)
+            return _check_meta(meta, command_sop_class, command_sop_instance)
+    except Exception as exc:
+        log.debug("fast header read of %s failed (%s); reading with pydicom", path.name, exc)
+    return _check_meta(_read_meta_pydicom(path), command_sop_class, command_sop_instance)
+
+
+def _read_meta_pydicom(path: Path) -> InstanceMeta:
     size = path.stat().st_size
     try:
         ds = dcmread(path, defer_size=_DEFER)
         # Touch the header attributes we need: decoding errors surface here, not later.
         meta = meta_from_dataset(ds)
-        transfer_syntax = meta.transfer_syntax_uid
-        study_uid, series_uid = meta.study_uid, meta.series_uid
-        sop_uid, sop_class = meta.sop_instance_uid, meta.sop_class_uid
-    except StoreRejectedError:
-        raise
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise StoreRejectedError(CANNOT_PARSE, f"dataset cannot be parsed: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds of errors on corrupt data
         raise StoreRejectedError(CANNOT_PARSE, f"dataset cannot be parsed: {exc!r}") from exc
-    if transfer_syntax != DeflatedExplicitVRLittleEndian:
+    if meta.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
         # Offsets in a deflated file refer to the inflated stream, not the file size.
         _check_not_truncated(ds, size)
+    return meta
+
+
+def _check_meta(
+    meta: InstanceMeta, command_sop_class: str, command_sop_instance: str
+) -> InstanceMeta:
+    sop_uid, sop_class = meta.sop_instance_uid, meta.sop_class_uid
     for name, uid in (
         ("SOPClassUID", sop_class),
         ("SOPInstanceUID", sop_uid),
-        ("StudyInstanceUID", study_uid),
-        ("SeriesInstanceUID", series_uid),
+        ("StudyInstanceUID", meta.study_uid),
+        ("SeriesInstanceUID", meta.series_uid),
     ):
         if not uid:
             raise StoreRejectedError(INVALID_UID, f"{name} is missing")
@@ -587,6 +629,7 @@ class _RequestHandler(RequestHandler):
         socket = assoc.dul.socket
         if type(socket) is AssociationSocket:  # not a subclass we do not know
             socket.__class__ = _BulkRecvSocket
+        accept_with_events(assoc)
         return assoc
 
 
