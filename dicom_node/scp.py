@@ -49,6 +49,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
@@ -56,6 +62,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import scp_encoding
 from dicom_node.config import Settings
 from dicom_node.header import read_header
 from dicom_node.index import IndexCache, InstanceMeta, index_instance
@@ -419,6 +426,9 @@ class StoreSCP:
         _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
             IncomingFile, self.spool.tmp
         )
+        # The incoming file's File Meta, written with struct (scp_encoding, byte-identical).
+        _dimse_messages.create_file_meta = scp_encoding.create_file_meta  # type: ignore[assignment]
+        _dimse_messages.write_file_meta_info = scp_encoding.write_file_meta_info
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
@@ -630,7 +640,20 @@ class _RequestHandler(RequestHandler):
         if type(socket) is AssociationSocket:  # not a subclass we do not know
             socket.__class__ = _BulkRecvSocket
         accept_with_events(assoc)
+        # pynetdicom's standard handlers only format debug lines for every PDU and message
+        # (and an INFO line per C-STORE); our log has a line per association and failure.
+        for event, handler in _STANDARD_LOG_HANDLERS:
+            assoc.unbind(event, handler)
+        scp_encoding.use_direct_responses(assoc.dimse)
         return assoc
+
+
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
 
 
 def _host_filtering_server(
