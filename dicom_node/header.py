@@ -17,6 +17,7 @@ falls back to pydicom. The file is mapped, not read, so a 500 MB instance costs 
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from collections.abc import Iterable
@@ -169,6 +170,11 @@ class _Walker:
                 pos += 8 + length
 
 
+@functools.lru_cache(maxsize=16)
+def _wanted_tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    return frozenset(int(Tag(keyword)) for keyword in keywords) | {_SPECIFIC_CHARACTER_SET}
+
+
 def _ascii(value: bytes) -> str:
     return value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
 
@@ -181,7 +187,7 @@ def read_header(path: Path, keywords: Iterable[str]) -> Header | None:
     HeaderError
         Not a Part 10 file, a malformed structure, or (``TruncatedError``) missing bytes.
     """
-    wanted = frozenset(int(Tag(keyword)) for keyword in keywords) | {_SPECIFIC_CHARACTER_SET}
+    wanted = _wanted_tags(tuple(keywords))
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         if size < 132:

@@ -13,11 +13,12 @@ same sender, DCMTK ``storescu`` with ``TCP_NODELAY=1``, over ONE association to:
 * DCMTK ``storescp`` (``TCP_NODELAY=1``), writing to a temporary folder;
 * pynetdicom's bundled ``storescp`` app (``python -m pynetdicom storescp``), same.
 
-Each receiver runs with its own defaults (maximum PDU: the node unlimited, so storescu sends
-128 KiB PDUs; both storescps 16 KiB). Only the node fsyncs: it answers Success once the file
-and its name are on stable storage (two disk barriers per instance), the storescps once the
-bytes are in the page cache. The script prints the barrier's cost on the data folder's
-disk; ``--data-root /dev/shm`` (tmpfs, where fsync is free) shows the software cost alone.
+Each receiver runs with its own defaults (maximum PDU: the node 4 MiB, so storescu sends
+its largest, 128 KiB PDUs; both storescps 16 KiB). Only the node fsyncs: it answers Success
+once the file and its name are on stable storage (two disk barriers per instance), the
+storescps once the bytes are in the page cache. The script prints the barrier's cost on the
+data folder's disk; ``--data-root /dev/shm`` (tmpfs, where fsync is free) shows the
+software cost alone.
 
 Each receiver gets a fresh process and an empty folder per run (the same SOP Instance UIDs
 would otherwise be duplicates on the second run, which is a different code path). The time
