@@ -28,11 +28,14 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import VR
 
 # Explicit VRs whose length field is 4 bytes (after 2 reserved bytes), PS3.5 7.1.2.
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# Every VR an explicit-VR element may carry; anything else goes to pydicom, which decides.
+_KNOWN_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -114,20 +117,24 @@ class _Walker:
                 group, element, length = tag_and_length.unpack_from(buf, pos)
                 vr: bytes | None = None
                 header = 8
+                if stop and group != stop:
+                    return pos
             else:
                 group, element, vr, length = explicit.unpack_from(buf, pos)
                 header = 8
+                if stop and group != stop:
+                    return pos  # the first element after the file meta
                 if group == 0xFFFE:  # items and delimiters carry no VR
                     group, element, length = tag_and_length.unpack_from(buf, pos)
                     vr = None
+                elif vr not in _KNOWN_VRS:
+                    raise HeaderError(f"element {_tag_text(group, element)}: unknown VR {vr!r}")
                 elif vr in _LONG_VRS:
                     if pos + 12 > end:
                         raise self._truncated(f"element {_tag_text(group, element)}", 12, pos)
                     length = long_length.unpack_from(buf, pos + 8)[0]
                     header = 12
             tag = group << 16 | element
-            if stop and group != stop:
-                return pos
             if group == 0xFFFE:
                 if tag == _ITEM_END and in_item:
                     return pos + 8

@@ -159,3 +159,14 @@ def test_read_meta_refuses_a_truncated_file() -> None:
         read_meta(path, ds.SOPClassUID, ds.SOPInstanceUID)
     assert refused.value.status == CANNOT_PARSE
     assert "truncated" in refused.value.reason
+
+
+def test_unknown_vr_is_left_to_pydicom(tmp_path: Path) -> None:
+    source = pydicom_file("CT_small.dcm")
+    start, _boundaries = _top_level_boundaries(source)
+    data = bytearray(source.read_bytes())
+    data[start + 4 : start + 6] = b"\x01\x02"  # the first element's VR
+    bad = tmp_path / "bad-vr.dcm"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(HeaderError, match="unknown VR"):
+        read_header(bad, _META_KEYWORDS)
