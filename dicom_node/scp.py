@@ -152,6 +152,7 @@ class IncomingFile:
             # not create, so pynetdicom's unlink of it afterwards removes nothing.
             self._fh = open(os.devnull, "wb")  # noqa: SIM115
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
+        self.synced: futures.Future[Any] | None = None  # the fsync, once started
 
     def write(self, data: bytes) -> int:
         if self.error is None:
@@ -177,6 +178,19 @@ class IncomingFile:
         except OSError as exc:
             self.error = exc
             raise SpoolFullError(exc.errno, f"spool write failed: {exc.strerror}") from exc
+
+    def start_sync(self, run: Callable[[Callable[[], None]], futures.Future[Any]]) -> None:
+        """As soon as the last fragment is written: flush, and start the fsync in ``run``.
+
+        Called in pynetdicom's DUL thread, before the association thread even wakes for
+        the request, so the disk barrier overlaps that hand-over too. Never raises: a
+        write error stays remembered and ``finish`` reports it to the handler.
+        """
+        try:
+            self.finish()
+        except SpoolFullError:
+            return
+        self.synced = run(self.fsync)
 
     def fsync(self) -> None:
         """After ``finish``: wait until the bytes survive a crash or power loss."""
@@ -435,7 +449,9 @@ class StoreSCP:
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
-        server_class = _host_filtering_server(self.settings.scp.allowed_hosts, self.stats)
+        server_class = _host_filtering_server(
+            self.settings.scp.allowed_hosts, self.stats, self._message_arrived
+        )
         server = self.ae.make_server(
             (self.settings.scp.host, self.settings.scp.port),
             evt_handlers=handlers,  # type: ignore[arg-type]
@@ -502,6 +518,16 @@ class StoreSCP:
             done.set_exception(exc)
         return done
 
+    def _message_arrived(self, item: Any) -> None:
+        """In the DUL thread, as a request is complete: start its file's fsync there
+        (``IncomingFile.start_sync``). Never raises: it runs inside pynetdicom's loop."""
+        try:
+            incoming = getattr(item[1], "_dataset_file", None)
+            if isinstance(incoming, IncomingFile) and incoming.synced is None:
+                incoming.start_sync(self._background)
+        except Exception:  # the handler starts the fsync itself then
+            log.exception("could not start an incoming file's fsync early")
+
     def _cache_for(self, assoc: Any) -> IndexCache:
         with self._caches_lock:
             cache = self._caches.get(assoc)
@@ -547,7 +573,7 @@ class StoreSCP:
         # while it writes the index rows. Success still waits for both.
         if isinstance(incoming, IncomingFile):
             incoming.finish()  # raises SpoolFullError -> 0xA700 if any write failed
-            file_synced = self._background(incoming.fsync)
+            file_synced = incoming.synced or self._background(incoming.fsync)
             synced = True
         else:  # pragma: no cover - another temp-file factory was installed
             file_synced = None
@@ -639,7 +665,7 @@ class _RequestHandler(RequestHandler):
         socket = assoc.dul.socket
         if type(socket) is AssociationSocket:  # not a subclass we do not know
             socket.__class__ = _BulkRecvSocket
-        accept_with_events(assoc)
+        accept_with_events(assoc, getattr(self.server, "on_message", None))
         # pynetdicom's standard handlers only format debug lines for every PDU and message
         # (and an INFO line per C-STORE); our log has a line per association and failure.
         for event, handler in _STANDARD_LOG_HANDLERS:
@@ -657,7 +683,9 @@ _STANDARD_LOG_HANDLERS = (
 
 
 def _host_filtering_server(
-    allowed_hosts: tuple[str, ...], stats: ReceiveStats
+    allowed_hosts: tuple[str, ...],
+    stats: ReceiveStats,
+    on_message: Callable[[Any], None] | None = None,
 ) -> type[ThreadedAssociationServer]:
     """A server class that drops connections from addresses not in the allow-list.
 
@@ -667,6 +695,9 @@ def _host_filtering_server(
     allowed = frozenset(allowed_hosts)
 
     class _Server(ThreadedAssociationServer):
+        # Read by _RequestHandler for each association (see accept_with_events).
+        on_message: Callable[[Any], None] | None = None
+
         def verify_request(self, request: Any, client_address: Any) -> bool:
             if allowed and client_address[0] not in allowed:
                 stats.add(rejected_associations=1)
@@ -674,4 +705,6 @@ def _host_filtering_server(
                 return False
             return True
 
+    # A staticmethod, so that reading it from a server instance does not bind it.
+    _Server.on_message = staticmethod(on_message) if on_message else None
     return _Server

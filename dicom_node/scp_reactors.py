@@ -47,15 +47,24 @@ _ASSOC_LOG = logging.getLogger("pynetdicom.association")
 
 
 class _SignallingQueue(queue.Queue[Any]):
-    """A queue that calls ``notify`` after every ``put``, to wake the thread reading it."""
+    """A queue that calls ``notify`` after every ``put``, to wake the thread reading it;
+    ``arrived``, if given, first sees each item in the putting thread."""
 
-    def __init__(self, notify: Callable[[], None], replaces: queue.Queue[Any]) -> None:
+    def __init__(
+        self,
+        notify: Callable[[], None],
+        replaces: queue.Queue[Any],
+        arrived: Callable[[Any], None] | None = None,
+    ) -> None:
         super().__init__()
         self._notify = notify
+        self._arrived = arrived
         # Keep what was queued before the switch (the acceptor's socket queues Evt5).
         self.queue.extend(replaces.queue)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self._arrived is not None:
+            self._arrived(item)
         super().put(item, block, timeout)
         self._notify()
 
@@ -248,8 +257,12 @@ class EventDrivenAssociation(Association):
                 return
 
 
-def accept_with_events(assoc: Association) -> bool:
+def accept_with_events(assoc: Association, on_message: Callable[[Any], None] | None = None) -> bool:
     """Switch a new, not yet started acceptor to the event-driven loops.
+
+    ``on_message`` is called in the DUL thread with each complete DIMSE message, as a
+    ``(context_id, primitive)`` pair, just before the association thread is woken for it:
+    the receive path starts the incoming file's fsync there. It must not raise.
 
     Returns False (and changes nothing) for anything but pynetdicom's own classes, e.g.
     after an upgrade that subclassed them: the polling loops then stay, slower but correct.
@@ -277,7 +290,7 @@ def accept_with_events(assoc: Association) -> bool:
     event_dul.to_provider_queue = _SignallingQueue(wakeup.wake, dul.to_provider_queue)
     event_dul.event_queue = _SignallingQueue(wake_from_elsewhere, dul.event_queue)
     event_dul.to_user_queue = _SignallingQueue(work.set, dul.to_user_queue)
-    assoc.dimse.msg_queue = _SignallingQueue(work.set, assoc.dimse.msg_queue)
+    assoc.dimse.msg_queue = _SignallingQueue(work.set, assoc.dimse.msg_queue, on_message)
     assoc.__class__ = EventDrivenAssociation
     cast(EventDrivenAssociation, assoc)._dn_work = work
     return True
