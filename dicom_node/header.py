@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import VR
 
@@ -54,12 +56,36 @@ class TruncatedError(HeaderError):
     """An element (or an item, or the file meta) ends beyond the last byte received."""
 
 
+# Keywords whose value, when it is printable ASCII, is decoded here rather than by pydicom,
+# with pydicom's stripping rules: the "string" VRs (CS, DA, UI) strip trailing spaces and
+# NULs from the whole value, the "text" VRs (SH, LO) from each value. Every DICOM
+# character set maps printable ASCII to itself (escape sequences are not printable), so
+# such bytes decode the same whatever (0008,0005) says. Others (PN, IS, non-ASCII
+# values) go through pydicom.
+_STRING_VRS = frozenset({"AE", "CS", "DA", "UI"})
+_TEXT_VRS = frozenset({"SH", "LO"})
+
+
 @dataclass(frozen=True)
 class Header:
     """What ``read_header`` found: the transfer syntax and the wanted elements."""
 
     transfer_syntax_uid: str
     dataset: Dataset  # only the wanted top-level elements (and the character set)
+
+    def text(self, keyword: str) -> str:
+        """The value as text, multi-values joined with a backslash, "" when absent."""
+        tag, vr = _keyword_tag_vr(keyword)
+        raw = self.dataset._dict.get(tag)
+        if raw is None:
+            return ""
+        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            value = raw.value
+            if vr in _STRING_VRS and _printable(stripped := value.rstrip(b" \x00")):
+                return stripped.decode("ascii")
+            if vr in _TEXT_VRS and _printable(value.rstrip(b" \x00")):
+                return "\\".join(v.rstrip("\0 ") for v in value.decode("ascii").split("\\"))
+        return tag_text(self.dataset, keyword)
 
 
 @dataclass(frozen=True)
@@ -175,6 +201,32 @@ class _Walker:
                 raise self._truncated(f"an item of {owner}", length, pos + 8)
             else:
                 pos += 8 + length
+
+
+def _printable(value: bytes) -> bool:
+    return value.isascii() and not value.translate(None, _PRINTABLE)
+
+
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
+
+@functools.lru_cache(maxsize=64)
+def _keyword_tag_vr(keyword: str) -> tuple[BaseTag, str]:
+    tag = Tag(keyword)
+    return tag, dictionary_VR(tag)
+
+
+def tag_text(ds: Dataset, keyword: str) -> str:
+    """pydicom's value of ``keyword`` as text: multi-values joined with a backslash as in
+    DICOM, "" when absent, empty or binary (routing matches and the index keep text)."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return ""
+    return str(value)
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pydicom.dataset import Dataset
 
 from dicom_node.config import Route
+from dicom_node.header import tag_text
 from dicom_node.identity import MANUFACTURER, MANUFACTURER_MODEL_NAME
 
 CALLING_AE_KEY = "CallingAETitle"
@@ -52,17 +53,6 @@ class SeriesTags:
         if self.dataset is None:
             return ""
         return tag_text(self.dataset, keyword)
-
-
-def tag_text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return ""
-    return str(value)
 
 
 def is_own_object(ds: Dataset) -> bool:

@@ -64,7 +64,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import scp_encoding
 from dicom_node.config import Settings
-from dicom_node.header import read_header
+from dicom_node.header import Header, read_header, tag_text
 from dicom_node.index import IndexCache, InstanceMeta, index_instance
 from dicom_node.scp_reactors import accept_with_events
 from dicom_node.spool import Spool, SpoolFullError, valid_uid
@@ -216,15 +216,6 @@ class StoreRejectedError(Exception):
         self.reason = reason
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):  # multi-valued (e.g. ImageType): join like DICOM
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
 def _check_not_truncated(ds: Dataset, size: int) -> None:
     """Refuse a file whose last element claims more bytes than were received.
 
@@ -249,26 +240,23 @@ def _check_not_truncated(ds: Dataset, size: int) -> None:
             )
 
 
-def meta_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceMeta:
-    """The header values the index keeps, as text (multi-values joined like DICOM).
-
-    ``transfer_syntax_uid`` when ``ds`` has no file meta (the fast header read).
-    """
+def meta_from_dataset(ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, as text (multi-values joined like DICOM)."""
     return InstanceMeta(
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        transfer_syntax_uid=transfer_syntax_uid or str(ds.file_meta.TransferSyntaxUID),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_text(ds, "SeriesNumber"),
+        study_uid=tag_text(ds, "StudyInstanceUID"),
+        series_uid=tag_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=tag_text(ds, "SOPInstanceUID"),
+        sop_class_uid=tag_text(ds, "SOPClassUID"),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        patient_id=tag_text(ds, "PatientID"),
+        patient_name=tag_text(ds, "PatientName"),
+        accession_number=tag_text(ds, "AccessionNumber"),
+        study_date=tag_text(ds, "StudyDate"),
+        study_description=tag_text(ds, "StudyDescription"),
+        modality=tag_text(ds, "Modality"),
+        body_part=tag_text(ds, "BodyPartExamined"),
+        series_description=tag_text(ds, "SeriesDescription"),
+        series_number=tag_text(ds, "SeriesNumber"),
         instance_number=_int_or_none(ds.get("InstanceNumber")),
     )
 
@@ -292,6 +280,29 @@ _META_KEYWORDS = (
 )
 
 
+def meta_from_header(header: Header) -> InstanceMeta:
+    """``meta_from_dataset`` for the fast header read: simple ASCII values are decoded
+    without pydicom (``Header.text``); the tests check both give the same for every file."""
+    text = header.text
+    return InstanceMeta(
+        study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        sop_class_uid=text("SOPClassUID"),
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        patient_id=text("PatientID"),
+        patient_name=text("PatientName"),
+        accession_number=text("AccessionNumber"),
+        study_date=text("StudyDate"),
+        study_description=text("StudyDescription"),
+        modality=text("Modality"),
+        body_part=text("BodyPartExamined"),
+        series_description=text("SeriesDescription"),
+        series_number=text("SeriesNumber"),
+        instance_number=_int_or_none(header.dataset.get("InstanceNumber")),
+    )
+
+
 def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
     """Read and check the header of a received file.
 
@@ -308,7 +319,7 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
     try:
         header = read_header(path, _META_KEYWORDS)
         if header is not None:
-            meta = meta_from_dataset(header.dataset, header.transfer_syntax_uid)
+            meta = meta_from_header(header)
             return _check_meta(meta, command_sop_class, command_sop_instance)
     except Exception as exc:
         log.debug("fast header read of %s failed (%s); reading with pydicom", path.name, exc)

@@ -59,7 +59,8 @@ class Spool:
         for uid in (study_uid, series_uid, sop_uid):
             if not valid_uid(uid):
                 raise ValueError(f"invalid UID {uid!r}")
-        return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
+        # One join and one Path (three ``/`` would parse the path three times, per instance).
+        return Path(os.path.join(self.root, study_uid, series_uid, sop_uid + ".dcm"))
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder in self._known_dirs:

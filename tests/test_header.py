@@ -22,6 +22,7 @@ from dicom_node.scp import (
     CANNOT_PARSE,
     StoreRejectedError,
     meta_from_dataset,
+    meta_from_header,
     read_meta,
 )
 from tests.dicom_files import TRANSFER_SYNTAX_FILES, pydicom_file
@@ -64,7 +65,7 @@ def test_fast_path_reads_what_pydicom_reads() -> None:
         if header is None:  # deflated: pydicom reads it
             assert expected.transfer_syntax_uid == pydicom.uid.DeflatedExplicitVRLittleEndian
             continue
-        assert meta_from_dataset(header.dataset, header.transfer_syntax_uid) == expected, path
+        assert meta_from_header(header) == expected, path
         matched += 1
     assert matched >= 100
     assert refused <= set(FAST_PATH_REFUSES), refused - set(FAST_PATH_REFUSES)
@@ -170,3 +171,29 @@ def test_unknown_vr_is_left_to_pydicom(tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
     with pytest.raises(HeaderError, match="unknown VR"):
         read_header(bad, _META_KEYWORDS)
+
+
+def test_text_decoding_matches_pydicom_for_awkward_values(tmp_path: Path) -> None:
+    """Padding, multi-values with inner spaces, non-ASCII bytes (left to pydicom)."""
+    from pydicom.dataelem import DataElement
+
+    from dicom_node.header import tag_text
+
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds["StudyDescription"] = DataElement(0x00081030, "LO", b"Head \\Neck  ")
+    ds["SeriesDescription"] = DataElement(0x0008103E, "LO", "Tête".encode("latin-1"))
+    ds["Modality"] = DataElement(0x00080060, "CS", b"CT ")
+    ds["AccessionNumber"] = DataElement(0x00080050, "SH", b" A1 ")
+    ds["BodyPartExamined"] = DataElement(0x00180015, "CS", b"CHEST\\ABDOMEN ")
+    ds["StudyDate"] = DataElement(0x00080020, "DA", b"20261122")
+    ds["PatientID"] = DataElement(0x00100020, "LO", b"")
+    path = tmp_path / "awkward.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    header = read_header(path, _META_KEYWORDS)
+    assert header is not None
+    reference = pydicom.dcmread(path)
+    for keyword in _META_KEYWORDS:
+        assert header.text(keyword) == tag_text(reference, keyword), keyword
+    assert header.text("SeriesDescription") == "Tête"
+    assert header.text("StudyDescription") == "Head\\Neck"
