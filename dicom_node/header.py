@@ -30,6 +30,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 from pydicom.valuerep import VR
 
 # Explicit VRs whose length field is 4 bytes (after 2 reserved bytes), PS3.5 7.1.2.
@@ -259,13 +260,12 @@ def read_header(path: Path, keywords: Iterable[str]) -> Header | None:
             if _TRANSFER_SYNTAX not in meta.found:
                 raise HeaderError("the file meta has no Transfer Syntax UID")
             _vr, length, offset = meta.found[_TRANSFER_SYNTAX]
-            syntax = _ascii(buf[offset : offset + length])
-            if syntax == "1.2.840.10008.1.2.1.99":  # deflated: offsets are not the file's
+            syntax = UID(_ascii(buf[offset : offset + length]))
+            if not syntax.is_transfer_syntax:  # pydicom knows each syntax's encoding
+                raise HeaderError(f"{syntax[:64]!r} is not a known transfer syntax")
+            if syntax.is_deflated:  # offsets refer to the inflated stream, not the file
                 return None
-            enc = _Encoding(
-                implicit=syntax == "1.2.840.10008.1.2",
-                little=syntax != "1.2.840.10008.1.2.2",
-            )
+            enc = _Encoding(implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
             walker = _Walker(buf, wanted)
             walker.dataset(start, enc, 0, False, 0)
             raw: dict[BaseTag, DataElement | RawDataElement] = {
@@ -282,7 +282,7 @@ def read_header(path: Path, keywords: Iterable[str]) -> Header | None:
                 )
                 for tag, (vr, length, offset) in sorted(walker.found.items())
             }
-    return Header(syntax, _dataset(raw, enc))
+    return Header(str(syntax), _dataset(raw, enc))
 
 
 def _dataset(raw: dict[BaseTag, DataElement | RawDataElement], enc: _Encoding) -> Dataset:

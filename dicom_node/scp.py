@@ -240,67 +240,44 @@ def _check_not_truncated(ds: Dataset, size: int) -> None:
             )
 
 
-def meta_from_dataset(ds: Dataset) -> InstanceMeta:
-    """The header values the index keeps, as text (multi-values joined like DICOM)."""
+# InstanceMeta's text fields and the header attributes they come from.
+_META_FIELDS = (
+    ("study_uid", "StudyInstanceUID"),
+    ("series_uid", "SeriesInstanceUID"),
+    ("sop_instance_uid", "SOPInstanceUID"),
+    ("sop_class_uid", "SOPClassUID"),
+    ("patient_id", "PatientID"),
+    ("patient_name", "PatientName"),
+    ("accession_number", "AccessionNumber"),
+    ("study_date", "StudyDate"),
+    ("study_description", "StudyDescription"),
+    ("modality", "Modality"),
+    ("body_part", "BodyPartExamined"),
+    ("series_description", "SeriesDescription"),
+    ("series_number", "SeriesNumber"),
+)
+# Every header attribute the index keeps (what the fast header read collects).
+_META_KEYWORDS = (*(keyword for _field, keyword in _META_FIELDS), "InstanceNumber")
+
+
+def _meta(text: Callable[[str], str], transfer_syntax_uid: str, ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, ``text`` giving each as text."""
     return InstanceMeta(
-        study_uid=tag_text(ds, "StudyInstanceUID"),
-        series_uid=tag_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=tag_text(ds, "SOPInstanceUID"),
-        sop_class_uid=tag_text(ds, "SOPClassUID"),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        patient_id=tag_text(ds, "PatientID"),
-        patient_name=tag_text(ds, "PatientName"),
-        accession_number=tag_text(ds, "AccessionNumber"),
-        study_date=tag_text(ds, "StudyDate"),
-        study_description=tag_text(ds, "StudyDescription"),
-        modality=tag_text(ds, "Modality"),
-        body_part=tag_text(ds, "BodyPartExamined"),
-        series_description=tag_text(ds, "SeriesDescription"),
-        series_number=tag_text(ds, "SeriesNumber"),
+        **{field: text(keyword) for field, keyword in _META_FIELDS},
+        transfer_syntax_uid=transfer_syntax_uid,
         instance_number=_int_or_none(ds.get("InstanceNumber")),
     )
 
 
-# The header attributes meta_from_dataset reads.
-_META_KEYWORDS = (
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "PatientID",
-    "PatientName",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyDescription",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    "SeriesNumber",
-    "InstanceNumber",
-)
+def meta_from_dataset(ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, as text (multi-values joined like DICOM)."""
+    return _meta(functools.partial(tag_text, ds), str(ds.file_meta.TransferSyntaxUID), ds)
 
 
 def meta_from_header(header: Header) -> InstanceMeta:
     """``meta_from_dataset`` for the fast header read: simple ASCII values are decoded
     without pydicom (``Header.text``); the tests check both give the same for every file."""
-    text = header.text
-    return InstanceMeta(
-        study_uid=text("StudyInstanceUID"),
-        series_uid=text("SeriesInstanceUID"),
-        sop_instance_uid=text("SOPInstanceUID"),
-        sop_class_uid=text("SOPClassUID"),
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        patient_id=text("PatientID"),
-        patient_name=text("PatientName"),
-        accession_number=text("AccessionNumber"),
-        study_date=text("StudyDate"),
-        study_description=text("StudyDescription"),
-        modality=text("Modality"),
-        body_part=text("BodyPartExamined"),
-        series_description=text("SeriesDescription"),
-        series_number=text("SeriesNumber"),
-        instance_number=_int_or_none(header.dataset.get("InstanceNumber")),
-    )
+    return _meta(header.text, header.transfer_syntax_uid, header.dataset)
 
 
 def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
