@@ -11,66 +11,23 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.completion import CompletionThread
 from dicom_node.config import Settings
-from dicom_node.db import Instance, create_engine, session_factory
-from dicom_node.delivery import Deliverer, DeliveryThread
-from dicom_node.index import index_instance
-from dicom_node.pipeline import requeue_interrupted
-from dicom_node.scp import StoreSCP, meta_from_dataset
-from dicom_node.spool import Spool, valid_uid
-from dicom_node.worker import InProcessWorker, model_cache, worker_main
+from dicom_node.dispatch.delivery import Deliverer, DeliveryThread
+from dicom_node.process.runner import requeue_interrupted
+from dicom_node.process.worker import InProcessWorker, model_cache, worker_main
+from dicom_node.receive.reconcile import reconcile_spool
+from dicom_node.receive.scp import StoreSCP
+from dicom_node.receive.spool import Spool
+from dicom_node.route.completion import CompletionThread
+from dicom_node.route.waits import model_availability
+from dicom_node.store.db import create_engine, session_factory
 
 log = logging.getLogger(__name__)
-
-
-def model_availability(settings: Settings) -> Callable[[str], bool]:
-    """Which models have their weights; routes to the others wait (and say so)."""
-    try:
-        from inference.registry import load_manifests
-
-        manifests = load_manifests(settings.models_dir)
-    except ImportError:  # pragma: no cover - runtime not installed
-        return lambda _m: False
-    available = {mid for mid, m in manifests.items() if m.weights_available()}
-    return lambda model_id: model_id in available
-
-
-def reconcile_spool(spool: Spool, sessions: sessionmaker[Session]) -> int:
-    """Index spool files that have no index row (a crash between fsync and commit).
-
-    Such a file never got a Success answer, but its bytes are safe; indexing it now means a
-    sender that does not retry still has its instance processed.
-    """
-    with sessions() as session:
-        known = set(session.scalars(select(Instance.path)).all())
-    added = 0
-    for path in spool.iter_files():
-        if str(path) in known:
-            continue
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-            meta = meta_from_dataset(ds)
-            if not all(
-                valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-            ):
-                continue
-            outcome = index_instance(sessions, meta, path, path.stat().st_size)
-            added += int(outcome.created)
-        except Exception:
-            log.exception("cannot index spool file %s", path.name)
-    if added:
-        log.warning("indexed %d spool file(s) that had no index row", added)
-    return added
 
 
 class Node:
@@ -131,7 +88,7 @@ class Node:
 
     def _log_waiting_routes(self) -> None:
         """Say at start-up which routes wait for which model weights."""
-        from dicom_node.model_status import describe_waits, route_waits
+        from dicom_node.route.waits import describe_waits, route_waits
         from inference.registry import load_manifests
 
         for line in describe_waits(

@@ -22,6 +22,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
@@ -335,3 +336,23 @@ def _colour(image: hd.Image, ds: Dataset, index: int) -> FloatImage:
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise PixelError(f"expected an RGB frame, got shape {pixels.shape}")
     return np.clip(pixels / float(2**depth - 1), 0.0, 1.0).astype(np.float32)
+
+
+def read_picture(path: Path) -> npt.NDArray[np.generic]:
+    """Read a PNG or JPEG as the array ``LoadedModel.predict_image`` takes.
+
+    8-bit pictures stay uint8; 16-bit grayscale PNGs become uint16 (PIL reports them
+    as mode "I;16" or "I"); palette, alpha and CMYK pictures are converted to RGB.
+    EXIF orientation is not applied, as Keras ``load_img`` does not apply it either.
+    """
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            mode = picture.mode
+            if mode.startswith("I"):
+                return np.clip(np.asarray(picture, dtype=np.int64), 0, 65535).astype(np.uint16)
+            if mode not in ("L", "RGB"):
+                return np.asarray(picture.convert("RGB"))
+            return np.asarray(picture)
+    except OSError as exc:
+        raise PixelError(f"{path}: not a readable picture ({exc})") from exc

@@ -1,7 +1,7 @@
 """Plain data exchanged between the model runtime and the rest of the node.
 
 These types are the contract between ``inference`` (which fills them) and
-``dicom_node.pipeline`` / ``dicom_node.results`` (which store them and turn them into
+``dicom_node.process.runner`` / ``dicom_node.results`` (which store them and turn them into
 DICOM objects). They hold no framework objects, only numbers, strings and numpy arrays,
 so a worker process can hand them to result builders without importing TensorFlow.
 """

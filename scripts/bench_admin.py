@@ -33,9 +33,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import users
 from dicom_node.config import Settings
-from dicom_node.db import (
+from dicom_node.store import users
+from dicom_node.store.db import (
     Delivery,
     Event,
     Instance,

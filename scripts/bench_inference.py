@@ -32,7 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.studymaker import make_chest_study, pneumonia_package_pictures
+from dicom_node.demo.studymaker import make_chest_study, pneumonia_package_pictures
 from inference import explain, pixels, preprocess
 from inference.manifest import load_manifest
 from inference.registry import LoadedModel, load_model

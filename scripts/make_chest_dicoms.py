@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dicom_node.studymaker import make_chest_study, pneumonia_package_pictures
+from dicom_node.demo.studymaker import make_chest_study, pneumonia_package_pictures
 
 
 def main(argv: list[str] | None = None) -> int:

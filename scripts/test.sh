@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set up (incl. test peers), make sure PostgreSQL runs, then ruff, mypy
-# and the whole pytest suite. Extra arguments go to pytest.
+# The test command: set up (incl. test peers), make sure PostgreSQL runs, then ruff, mypy,
+# the import contracts (pyproject [tool.importlinter]) and the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -21,5 +21,7 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== import contracts"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 .venv/bin/pytest "$@"

@@ -20,7 +20,7 @@ from pynetdicom import AE
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Delivery, Event, Instance
+from dicom_node.store.db import Delivery, Event, Instance
 from tests.dicom_files import pydicom_file
 from tests.peers import free_port, have_orthanc, run_orthanc, wait_for_port
 

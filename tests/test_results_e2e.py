@@ -31,14 +31,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from dicom_node.config import Route, load_settings
-from dicom_node.db import Delivery, Event, Job, Result, Series
-from dicom_node.demo import DemoOptions, Ports, demo_copy, demo_settings, series_finished
+from dicom_node.demo.minipacs import BuiltinPacs
+from dicom_node.demo.run import DemoOptions, Ports, demo_copy, demo_settings, series_finished
+from dicom_node.demo.studymaker import make_chest_study, pneumonia_package_pictures
+from dicom_node.dispatch.sender import send_paths
 from dicom_node.identity import MANUFACTURER
-from dicom_node.minipacs import BuiltinPacs
 from dicom_node.node import Node
-from dicom_node.pipeline import requeue_interrupted
-from dicom_node.sender import send_paths
-from dicom_node.studymaker import make_chest_study, pneumonia_package_pictures
+from dicom_node.process.runner import requeue_interrupted
+from dicom_node.store.db import Delivery, Event, Job, Result, Series
 from inference.types import PRIVATE_SCHEME
 from tests.conftest import NodeHandle, make_settings
 from tests.dicom_files import pydicom_file

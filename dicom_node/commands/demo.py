@@ -1,7 +1,7 @@
 """``dicom-node demo``: run the node on real demo studies and show what came back.
 
-The logic is in :mod:`dicom_node.demo`; this module only turns command-line flags into
-:class:`~dicom_node.demo.DemoOptions`.
+The logic is in :mod:`dicom_node.demo.run`; this module only turns command-line flags into
+:class:`~dicom_node.demo.run.DemoOptions`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo with the CLI's settings as the base; returns the exit status."""
-    from dicom_node.demo import DemoOptions, run_demo
+    from dicom_node.demo.run import DemoOptions, run_demo
 
     options = DemoOptions(
         data_dir=args.data_dir,

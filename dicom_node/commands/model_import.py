@@ -3,7 +3,7 @@
 The original apps saved their networks as Keras 2 ``.h5`` files. Loading such a file is
 easy; serving it right is not: the node must know the app's input size, preprocessing,
 class order and what a single sigmoid output means (the lung CT app's is P(normal)). The
-preset (:data:`inference.architectures.ARCHITECTURES`) knows that; the file's own shapes
+preset (:data:`inference.seed.architectures.ARCHITECTURES`) knows that; the file's own shapes
 decide the rest. The result is checked by loading it through the node's runtime before
 the command says it is done.
 
@@ -29,7 +29,7 @@ def add_import_parser(models_subparsers: Any) -> argparse.ArgumentParser:
     models_subparsers
         What ``add_subparsers()`` of the ``models`` parser returned.
     """
-    from inference.architectures import ARCHITECTURES
+    from inference.seed.architectures import ARCHITECTURES
 
     parser: argparse.ArgumentParser = models_subparsers.add_parser(
         "import",
@@ -75,7 +75,7 @@ def add_import_parser(models_subparsers: Any) -> argparse.ArgumentParser:
 
 def run_import(args: argparse.Namespace, settings: Settings) -> int:
     """Import the file; exit status 0 when the package loads, 1 otherwise."""
-    from inference.architectures import get_architecture, import_keras_file
+    from inference.seed.architectures import get_architecture, import_keras_file
 
     arch = get_architecture(args.preset)
     models_dir: Path = args.models_dir or settings.models_dir

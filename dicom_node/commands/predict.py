@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import Settings
-from dicom_node.sender import iter_files
-from inference.datasets import read_picture
+from dicom_node.dispatch.sender import iter_files
+from inference.pixels import read_picture
 from inference.types import SeriesPrediction
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -55,9 +55,9 @@ def _save_heatmap(prediction: SeriesPrediction, path: Path) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from dicom_node.node import model_availability
-    from dicom_node.routing import evaluate, tags_for
-    from dicom_node.worker import model_cache
+    from dicom_node.process.worker import model_cache
+    from dicom_node.route.rules import evaluate, tags_for
+    from dicom_node.route.waits import model_availability
 
     models = model_cache(settings)
     if args.model and args.model not in models.manifests:

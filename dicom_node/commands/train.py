@@ -3,7 +3,7 @@
 A hospital with images of one of the original apps' tasks (one folder per class: PNG,
 JPEG or DICOM) gets a model package the node serves as it is: weights, ``model.toml``
 and a report of its accuracy on held-out images. The heavy work is in
-:mod:`inference.training`; this module only parses options and prints the outcome.
+:mod:`inference.seed.training`; this module only parses options and prints the outcome.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     dict
         ``{"train": handler}``.
     """
-    from inference.architectures import ARCHITECTURES
+    from inference.seed.architectures import ARCHITECTURES
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "train",
@@ -90,8 +90,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Train and report; exit status 0 on success, 1 when training cannot proceed."""
-    from inference.architectures import get_architecture
-    from inference.training import TrainConfig, TrainingError, train
+    from inference.seed.architectures import get_architecture
+    from inference.seed.training import TrainConfig, TrainingError, train
 
     arch = get_architecture(args.arch)
     config = TrainConfig(

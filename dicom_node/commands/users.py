@@ -13,9 +13,9 @@ import getpass
 import sys
 from typing import Any
 
-from dicom_node import users
 from dicom_node.config import Settings
-from dicom_node.db import create_engine, session_factory
+from dicom_node.store import users
+from dicom_node.store.db import create_engine, session_factory
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

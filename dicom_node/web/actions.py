@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import history
-from dicom_node.db import Delivery, Job, Series, Study, utcnow
+from dicom_node.store import history
+from dicom_node.store.db import Delivery, Job, Series, Study, utcnow
 
 
 class ActionError(ValueError):

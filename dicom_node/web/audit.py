@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from dicom_node.db import AuditEntry
+from dicom_node.store.db import AuditEntry
 from dicom_node.web.auth import client_address
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from dicom_node import users
-from dicom_node.db import User
+from dicom_node.store import users
+from dicom_node.store.db import User
 from dicom_node.web import csrf
 from dicom_node.web.context import get_db
 

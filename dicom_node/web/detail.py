@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import or_, select, union
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Delivery, Event, Instance, Job, Result, Series, Study
+from dicom_node.store.db import Delivery, Event, Instance, Job, Result, Series, Study
 from dicom_node.web import render
 from dicom_node.web.queries import POSITIVE_THRESHOLD
 from dicom_node.web.schemas import (

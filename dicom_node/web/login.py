@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from dicom_node import users
+from dicom_node.store import users
 from dicom_node.web import auth
 from dicom_node.web.audit import audit
 from dicom_node.web.context import get_context, get_db

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import Delivery, Instance, Job, Result, Series, Study
+from dicom_node.store.db import Delivery, Instance, Job, Result, Series, Study
 from dicom_node.web.overview import total_seconds
 
 if TYPE_CHECKING:  # context imports this module

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Delivery
+from dicom_node.store.db import Delivery
 from dicom_node.web import actions, detail, export, render
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, api_user, page_admin

@@ -10,7 +10,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import Settings
-from dicom_node.db import AuditEntry, Delivery, Job, Result, Series
+from dicom_node.store.db import AuditEntry, Delivery, Job, Result, Series
 from dicom_node.web.detail import delivery_info
 from dicom_node.web.queries import POSITIVE_THRESHOLD
 from dicom_node.web.schemas import AuditPage, AuditRow, DeliveryPage, ModelStats

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Result, Series
+from dicom_node.store.db import Result, Series
 from dicom_node.web import detail, overview, queries
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, page_admin, page_user

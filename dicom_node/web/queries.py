@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, select, true
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Delivery, Job, Result, Series, Study
+from dicom_node.store.db import Delivery, Job, Result, Series, Study
 from dicom_node.web.filters import StudyFilter
 from dicom_node.web.schemas import Level, ModelCall, Step, StudyPage, StudyRow, StudySteps
 

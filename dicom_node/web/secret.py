@@ -13,7 +13,7 @@ import secrets
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import Setting
+from dicom_node.store.db import Setting
 
 SECRET_SETTING = "web.secret_key"
 

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.studymaker import make_chest_study, pneumonia_package_pictures
+from dicom_node.demo.studymaker import make_chest_study, pneumonia_package_pictures
 from inference import pixels, preprocess
 from inference.registry import LoadedModel, ModelCache
 

@@ -31,8 +31,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from inference.architectures import ARCHITECTURES, Architecture
-from inference.training import TrainConfig, TrainResult, train
+from inference.seed.architectures import ARCHITECTURES, Architecture
+from inference.seed.training import TrainConfig, TrainResult, train
 
 SOURCE_SIZE = 48  # side of the synthetic pictures
 INPUT_SIZE = 32  # reduced model input

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from inference.architectures import ARCHITECTURES, get_architecture, resnet50_base, vgg16_base
 from inference.manifest import load_manifest
+from inference.seed.architectures import ARCHITECTURES, get_architecture, resnet50_base, vgg16_base
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from sklearn import metrics as skm
 
-from inference.architectures import get_architecture
-from inference.datasets import DatasetError, read_picture, scan_image_folder, stratified_split
-from inference.evaluation import evaluate, roc_curve
+from inference.pixels import read_picture
+from inference.seed.architectures import get_architecture
+from inference.seed.datasets import DatasetError, scan_image_folder, stratified_split
+from inference.seed.evaluation import evaluate, roc_curve
 
 
 def test_split_is_stratified_disjoint_and_reproducible() -> None:

@@ -24,9 +24,9 @@ from pydicom.dataset import Dataset
 from dicom_node.commands.model_import import add_import_parser, run_import
 from dicom_node.config import Settings
 from inference import pixels, preprocess
-from inference.architectures import ARCHITECTURES
 from inference.manifest import load_manifest
 from inference.registry import load_manifests, load_model
+from inference.seed.architectures import ARCHITECTURES
 from tests.conftest import make_settings
 
 from .conftest import INPUT_SIZE, SOURCE_SIZE, ct_slice, lesion_image, mammogram, reread

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from dicom_node.config import DEFAULT_CONFIG, load_settings
-from dicom_node.model_status import describe_waits, route_waits
 from dicom_node.node import model_availability
-from dicom_node.routing import evaluate, tags_for
+from dicom_node.route.rules import evaluate, tags_for
+from dicom_node.route.waits import describe_waits, route_waits
 from inference.registry import load_manifests
 
 from .conftest import SOURCE_SIZE, Trained, ct_slice, lesion_image

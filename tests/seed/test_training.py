@@ -22,10 +22,10 @@ from sklearn import metrics as skm
 
 from dicom_node.cli import main
 from dicom_node.results import build_results
-from inference.architectures import ARCHITECTURES
-from inference.datasets import read_picture
+from inference.pixels import read_picture
 from inference.registry import LoadedModel, load_manifests, load_model
-from inference.training import TrainingError, train
+from inference.seed.architectures import ARCHITECTURES
+from inference.seed.training import TrainingError, train
 from tests.dicom_validate import assert_dciodvfy_clean, assert_dsrdump_ok
 
 from .conftest import SOURCE_SIZE, Trained, config, ct_slice, lesion_image, mammogram, reread

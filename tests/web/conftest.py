@@ -1,6 +1,6 @@
 """Fixtures for the admin page: a migrated database with a few studies in every state.
 
-The data is built through the ``dicom_node.db`` models, the way the node writes it: studies,
+The data is built through the ``dicom_node.store.db`` models, the way the node writes it: studies,
 series, instances, jobs, results (with real SR, Secondary Capture and Encapsulated PDF files
 and a heatmap PNG), deliveries and events. Tests run against SQLite in ``tmp_path``; the
 core page tests also run against PostgreSQL (a fresh database per test session).
@@ -28,9 +28,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import users
 from dicom_node.config import Settings
-from dicom_node.db import (
+from dicom_node.store import users
+from dicom_node.store.db import (
     Base,
     Delivery,
     Event,

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
-from dicom_node.db import AuditEntry, Delivery, Event, Job, Series, utcnow
+from dicom_node.store.db import AuditEntry, Delivery, Event, Job, Series, utcnow
 from dicom_node.web import create_app
 from dicom_node.web.actions import ActionError, DefaultActions, WebActions
 from tests.web.conftest import ADMIN, FixtureData, csrf_token, log_in

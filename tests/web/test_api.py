@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import users
-from dicom_node.db import ApiToken, AuditEntry, Delivery
+from dicom_node.store import users
+from dicom_node.store.db import ApiToken, AuditEntry, Delivery
 from tests.web.conftest import ADMIN, FixtureData
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import Delivery
+from dicom_node.store.db import Delivery
 from dicom_node.web import WebServer, start_web
 from tests.web.conftest import ADMIN, FixtureData, make_settings
 from tests.web.test_server import free_port

@@ -124,7 +124,7 @@ def test_metrics_need_token_off_loopback(
 def test_latency_histogram_counts_new_results_once(
     client: TestClient, data: FixtureData, sessions: sessionmaker[Session]
 ) -> None:
-    from dicom_node.db import Job, Result
+    from dicom_node.store.db import Job, Result
 
     key = ("dicom_node_inference_seconds_count", (("model", "brain-mri-tumor"),))
     assert _samples(client.get("/metrics").text)[key] == 1

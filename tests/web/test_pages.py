@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import AuditEntry
+from dicom_node.store.db import AuditEntry
 from tests.web.conftest import FixtureData, csrf_token
 
 pytestmark = pytest.mark.parametrize(

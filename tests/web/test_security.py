@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import users
 from dicom_node.config import Settings
-from dicom_node.db import AuditEntry, Delivery, Setting
+from dicom_node.store import users
+from dicom_node.store.db import AuditEntry, Delivery, Setting
 from dicom_node.web import create_app
 from dicom_node.web.secret import SECRET_SETTING
 from tests.web.conftest import ADMIN, VIEWER, FixtureData, csrf_token, log_in

@@ -111,7 +111,7 @@ def test_migration_0002_down_and_up(tmp_path: Path) -> None:
     from alembic.config import Config
     from sqlalchemy import inspect
 
-    from dicom_node.db import create_engine
+    from dicom_node.store.db import create_engine
 
     engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
     cfg = Config()

@@ -1,4 +1,4 @@
-"""``dicom_node.users`` and the ``dicom-node users`` sub-command."""
+"""``dicom_node.store.users`` and the ``dicom-node users`` sub-command."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import users
 from dicom_node.commands import users as users_command
 from dicom_node.config import Settings
-from dicom_node.db import ApiToken, User, create_engine, session_factory
+from dicom_node.store import users
+from dicom_node.store.db import ApiToken, User, create_engine, session_factory
 from tests.web.conftest import make_settings
 
 

@@ -1,0 +1,404 @@
+"""One job: load the series, run the route's models, build result objects, queue deliveries.
+
+Every output is idempotent: result UIDs are derived from (series, model, version, kind,
+generation) and deliveries are unique per (destination, SOP Instance UID), so a job re-run
+after a crash rewrites the same files and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Route, Settings
+from dicom_node.dispatch.delivery import ensure_delivery
+from dicom_node.receive.spool import write_atomic
+from dicom_node.store import history
+from dicom_node.store.db import Instance, Job, Result, Series, Study, utcnow
+from inference.types import SeriesPrediction
+
+if TYPE_CHECKING:
+    from dicom_node.results import SRClass
+
+log = logging.getLogger(__name__)
+
+
+class SeriesModel(Protocol):
+    """What the pipeline needs from a loaded model (``inference.registry.LoadedModel``)."""
+
+    def predict_series(
+        self, datasets: Sequence[Dataset], *, key_slices: int = 1, explain: bool = True
+    ) -> SeriesPrediction: ...
+
+
+class ModelProvider(Protocol):
+    def get(self, model_id: str) -> SeriesModel: ...
+
+
+class JobError(Exception):
+    """A job failed for a reason worth showing to the admin as it is."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job_id: int
+    generation: int
+    route: Route
+    study_uid: str
+    series_uid: str
+    instances: tuple[tuple[str, str, str], ...]  # (sop_class_uid, sop_instance_uid, path)
+
+
+def _load_context(session: Session, settings: Settings, job: Job) -> JobContext:
+    series = session.get(Series, job.series_id)
+    if series is None:
+        raise JobError(f"series {job.series_id} no longer exists")
+    study_uid = session.scalar(select(Study.study_uid).where(Study.id == series.study_id)) or ""
+    try:
+        route = settings.route(job.route_name)
+    except KeyError:
+        raise JobError(f"route {job.route_name!r} is no longer configured") from None
+    rows = session.execute(
+        select(Instance.sop_class_uid, Instance.sop_instance_uid, Instance.path)
+        .where(Instance.series_id == series.id)
+        .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
+    ).all()
+    if not rows:
+        raise JobError("series has no instances")
+    return JobContext(
+        job_id=job.id,
+        generation=job.generation,
+        route=route,
+        study_uid=study_uid,
+        series_uid=series.series_uid,
+        instances=tuple((r[0], r[1], r[2]) for r in rows),
+    )
+
+
+class JobRunner:
+    """Runs jobs; the model provider is injected so tests and the CLI can pass their own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        models: ModelProvider | None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.models = models
+
+    def run(self, job_id: int) -> None:
+        """Run a claimed job to ``done`` or ``failed``; never raises for job errors."""
+        started = time.monotonic()
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            try:
+                ctx = _load_context(session, self.settings, job)
+            except JobError as exc:
+                self._finish(job_id, "failed", str(exc), started)
+                return
+        try:
+            if ctx.route.forward:
+                self._forward(ctx)
+            for model_id in ctx.route.models:
+                self._run_model(ctx, model_id)
+        except Exception as exc:
+            log.exception("job %d failed", job_id)
+            self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}", started)
+            return
+        self._finish(job_id, "done", "", started)
+
+    # -- steps ------------------------------------------------------------------------
+    def _forward(self, ctx: JobContext) -> None:
+        with self.sessions() as session:
+            created = 0
+            for dest in ctx.route.destinations:
+                for sop_class, sop_uid, path in ctx.instances:
+                    _, new = ensure_delivery(
+                        session,
+                        destination=dest,
+                        sop_class_uid=sop_class,
+                        sop_instance_uid=sop_uid,
+                        path=Path(path),
+                        study_uid=ctx.study_uid,
+                        kind="forward",
+                        job_id=ctx.job_id,
+                    )
+                    created += int(new)
+            history.record(
+                session,
+                "job.forward_queued",
+                study_uid=ctx.study_uid,
+                series_uid=ctx.series_uid,
+                job_id=ctx.job_id,
+                deliveries=created,
+                destinations=list(ctx.route.destinations),
+            )
+            session.commit()
+
+    def _run_model(self, ctx: JobContext, model_id: str) -> None:
+        if self.models is None:
+            raise JobError("no model runtime in this process")
+        t0 = time.monotonic()
+        model = self.models.get(model_id)
+        load_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        datasets = [dcmread(path) for _, _, path in ctx.instances]
+        read_s = time.monotonic() - t1
+        prediction = model.predict_series(datasets, key_slices=ctx.route.key_slices)
+        timings = {"model_load": load_s, "read": read_s, **prediction.timings}
+        objects = self._build_and_store(ctx, datasets, prediction)
+        heatmap_path = self._store_heatmap(ctx, model_id, prediction)
+        with self.sessions() as session:
+            result = session.scalar(
+                select(Result).where(Result.job_id == ctx.job_id, Result.model_id == model_id)
+            )
+            if result is None:
+                result = Result(job_id=ctx.job_id, model_id=model_id)
+                session.add(result)
+            result.model_version = prediction.model.version
+            result.predicted_class = prediction.predicted_class
+            result.positive_probability = prediction.positive_probability
+            result.probabilities = dict(prediction.probabilities)
+            result.slice_scores = [
+                {
+                    "sop_instance_uid": s.sop_instance_uid,
+                    "frame": s.frame,
+                    "score": s.positive_score,
+                    "probabilities": dict(s.probabilities),
+                }
+                for s in prediction.slices
+            ]
+            result.timings = {k: round(v, 4) for k, v in timings.items()}
+            result.heatmap_path = str(heatmap_path) if heatmap_path else ""
+            result.objects = [
+                {"kind": kind, "sop_instance_uid": uid, "sop_class_uid": cls, "path": str(p)}
+                for kind, uid, cls, p in objects
+            ]
+            session.flush()
+            history.record(
+                session,
+                "model.result",
+                study_uid=ctx.study_uid,
+                series_uid=ctx.series_uid,
+                job_id=ctx.job_id,
+                duration_ms=round(timings.get("total", 0.0) * 1000, 1),
+                model=model_id,
+                version=prediction.model.version,
+                predicted_class=prediction.predicted_class,
+                probability=prediction.positive_probability,
+            )
+            for dest in ctx.route.destinations:
+                for kind, uid, cls, path in objects:
+                    if not _object_for_destination(kind, self.settings, dest):
+                        continue
+                    ensure_delivery(
+                        session,
+                        destination=dest,
+                        sop_class_uid=cls,
+                        sop_instance_uid=uid,
+                        path=path,
+                        study_uid=ctx.study_uid,
+                        kind=kind.split(":")[0],
+                        job_id=ctx.job_id,
+                    )
+            session.commit()
+
+    def _build_and_store(
+        self, ctx: JobContext, datasets: Sequence[Dataset], prediction: SeriesPrediction
+    ) -> list[tuple[str, str, str, Path]]:
+        """Build SR/SC(/PDF) objects and write them under ``data/results``.
+
+        One SR is built per SR class needed by the route's destinations (a PACS without 3D
+        SR support gets a Comprehensive SR); the kind is "sr:<class>" to keep their UIDs apart.
+        """
+        from dicom_node.results import build_results
+
+        sr_classes: list[SRClass] = sorted(
+            {self.settings.destination(d).sr_class for d in ctx.route.destinations}
+            or {"comprehensive3d"}
+        )
+        predecessor = self._predecessor(ctx, prediction.model.id)
+        stored: dict[str, tuple[str, str, str, Path]] = {}
+        for sr_class in sr_classes:
+            built = build_results(
+                datasets,
+                prediction,
+                generation=ctx.generation,
+                sr_class=sr_class,
+                include_pdf=ctx.route.pdf,
+                key_slices=ctx.route.key_slices,
+                predecessor=predecessor.get(sr_class),
+            )
+            for obj in built:
+                ds = obj.dataset
+                uid = str(ds.SOPInstanceUID)
+                kind = f"sr:{sr_class}" if obj.kind == "sr" else obj.kind
+                if uid in {v[1] for v in stored.values()}:
+                    continue
+                path = self._result_path(ctx, ds)
+                write_atomic(path, _encode(ds))
+                stored[f"{kind}:{uid}"] = (kind, uid, str(ds.SOPClassUID), path)
+        return list(stored.values())
+
+    def _predecessor(self, ctx: JobContext, model_id: str) -> dict[str, Any]:
+        """The SR of the previous generation, per SR class, for PredecessorDocumentsSequence."""
+        if ctx.generation == 0:
+            return {}
+        from dicom_node.results import Predecessor
+
+        with self.sessions() as session:
+            previous = session.execute(
+                select(Result.objects)
+                .join(Job, Job.id == Result.job_id)
+                .join(Series, Series.id == Job.series_id)
+                .where(
+                    Series.series_uid == ctx.series_uid,
+                    Job.generation < ctx.generation,
+                    Job.state == "done",
+                    Result.model_id == model_id,
+                )
+                .order_by(Job.generation.desc())
+                .limit(1)
+            ).scalar()
+        found: dict[str, Any] = {}
+        for obj in previous or []:
+            kind = str(obj.get("kind", ""))
+            if not kind.startswith("sr:") or not Path(obj["path"]).is_file():
+                continue
+            ds = dcmread(obj["path"], stop_before_pixels=True)
+            found[kind.split(":", 1)[1]] = Predecessor.from_dataset(ds)
+        return found
+
+    def _result_path(self, ctx: JobContext, ds: Dataset) -> Path:
+        return (
+            self.settings.results_dir
+            / ctx.study_uid
+            / str(ds.SeriesInstanceUID)
+            / f"{ds.SOPInstanceUID}.dcm"
+        )
+
+    def _store_heatmap(
+        self, ctx: JobContext, model_id: str, prediction: SeriesPrediction
+    ) -> Path | None:
+        if not prediction.heatmaps:
+            return None
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(prediction.heatmaps[0].overlay).save(buf, format="PNG")
+        path = (
+            self.settings.results_dir
+            / "heatmaps"
+            / f"{ctx.series_uid}_{model_id}_g{ctx.generation}.png"
+        )
+        write_atomic(path, buf.getvalue())
+        return path
+
+    def _finish(self, job_id: int, state: str, error: str, started: float) -> None:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            job.state = state
+            job.error = error[:4000]
+            job.finished_at = utcnow()
+            series = session.get(Series, job.series_id)
+            study_uid = ""
+            if series is not None:
+                study_uid = (
+                    session.scalar(select(Study.study_uid).where(Study.id == series.study_id)) or ""
+                )
+            history.record(
+                session,
+                f"job.{state}",
+                study_uid=study_uid,
+                series_uid=series.series_uid if series else "",
+                job_id=job_id,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                error=error,
+            )
+            session.commit()
+
+
+def _object_for_destination(kind: str, settings: Settings, dest: str) -> bool:
+    """SR objects go only to destinations that asked for their SR class."""
+    if not kind.startswith("sr:"):
+        return True
+    return kind.split(":", 1)[1] == settings.destination(dest).sr_class
+
+
+def _encode(ds: Dataset) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def claim_next_job(sessions: sessionmaker[Session], worker: str) -> int | None:
+    """Atomically take the oldest queued job (safe with several worker processes)."""
+    from sqlalchemy import update
+
+    with sessions() as session:
+        candidates = session.scalars(
+            select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(5)
+        ).all()
+        for job_id in candidates:
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(
+                    state="running",
+                    worker=worker,
+                    started_at=utcnow(),
+                    attempts=Job.attempts + 1,
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if claimed:
+                job = session.get(Job, job_id)
+                assert job is not None
+                series = session.get(Series, job.series_id)
+                history.record(
+                    session,
+                    "job.started",
+                    series_uid=series.series_uid if series else "",
+                    study_uid=series.study.study_uid if series else "",
+                    job_id=job_id,
+                    worker=worker,
+                    attempt=job.attempts,
+                )
+                session.commit()
+                return job_id
+            session.rollback()
+    return None
+
+
+def requeue_interrupted(sessions: sessionmaker[Session], worker: str | None = None) -> int:
+    """Put jobs that were running when their worker died back in the queue."""
+    with sessions() as session:
+        query = select(Job).where(Job.state == "running")
+        if worker is not None:
+            query = query.where(Job.worker == worker)
+        jobs = session.scalars(query).all()
+        for job in jobs:
+            job.state = "queued"
+            history.record(
+                session, "job.requeued", job_id=job.id, reason="worker stopped while running"
+            )
+        session.commit()
+        return len(jobs)

@@ -1,0 +1,153 @@
+"""Worker processes: run jobs outside the C-STORE path.
+
+TensorFlow competes with the receive threads for the GIL and both cores, so models run in
+their own process with a bounded number of threads; a long job never delays the answer to
+a sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dicom_node.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def model_cache(settings: Settings) -> Any:
+    """The models of ``settings.models_dir``, each loaded once per process on first use."""
+    from inference.registry import ModelCache, load_manifests
+
+    return ModelCache(
+        load_manifests(settings.models_dir),
+        threads=settings.workers.inference_threads,
+        inter_op_threads=1,
+    )
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the serving process dies (PR_SET_PDEATHSIG).
+
+    After a SIGKILL of the node an orphaned worker would otherwise finish its job while the
+    restarted node runs the same job again; outputs are idempotent, but work is wasted.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent-pid check below still works
+        pass
+
+
+def _preload(models: Any, settings: Settings) -> None:
+    """Load and warm up the models of enabled routes now, so the first series does not
+    wait for TensorFlow to start (the Xception model takes seconds)."""
+    wanted = {m for r in settings.routes if r.enabled for m in r.models}
+    for model_id in sorted(wanted):
+        manifest = models.manifests.get(model_id)
+        if manifest is None or not manifest.weights_available():
+            continue
+        try:
+            models.get(model_id)
+            log.info("model %s %s loaded", model_id, manifest.version)
+        except Exception:  # the job will fail with the reason; keep the worker alive
+            log.exception("model %s could not be loaded", model_id)
+
+
+def run_jobs(
+    runner: Any,
+    sessions: Any,
+    name: str,
+    stop: Any,
+    poll_interval: float,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> None:
+    """Claim and run jobs until ``stop`` (a threading or multiprocessing Event) is set.
+
+    The one job loop of both the worker processes and the in-process worker.
+    """
+    from dicom_node.process.runner import claim_next_job
+
+    while not stop.is_set() and keep_going():
+        try:
+            job_id = claim_next_job(sessions, name)
+        except Exception:
+            log.exception("cannot claim a job; retrying")
+            job_id = None
+        if job_id is None:
+            stop.wait(poll_interval)
+            continue
+        log.info("job %d started", job_id)
+        runner.run(job_id)
+
+
+def worker_main(settings: Settings, name: str, stop: Any) -> None:
+    """Entry point of a worker process (multiprocessing, spawn start method)."""
+    from dicom_node.logs import setup_logging
+    from dicom_node.process.runner import JobRunner
+    from dicom_node.store.db import create_engine, session_factory
+
+    setup_logging(f"worker-{name}")
+    _die_with_parent()
+    # The parent decides when we stop: Ctrl-C, `timeout` or systemd signal the whole process
+    # group, and a worker killed by that signal could die holding the stop event's lock.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threads = str(settings.workers.inference_threads)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    engine = create_engine(settings.database_url, migrate=False)
+    sessions = session_factory(engine)
+    models = model_cache(settings)
+    _preload(models, settings)
+    runner = JobRunner(settings, sessions, models)
+    log.info("worker %s started (pid %d)", name, os.getpid())
+    parent = os.getppid()
+
+    def parent_alive() -> bool:
+        if os.getppid() == parent:
+            return True
+        # The serving process was killed (SIGKILL leaves no chance to stop us): exit, the
+        # next start requeues whatever we were doing.
+        log.warning("worker %s: parent process gone, exiting", name)
+        return False
+
+    run_jobs(runner, sessions, name, stop, settings.workers.poll_interval, parent_alive)
+    engine.dispose()
+    log.info("worker %s stopped", name)
+
+
+class InProcessWorker(threading.Thread):
+    """Runs jobs in a thread of the current process (``workers.processes = 0``; tests)."""
+
+    def __init__(
+        self, settings: Settings, sessions: Any, models: Any, name: str = "inproc"
+    ) -> None:
+        super().__init__(name=f"worker-{name}", daemon=True)
+        from dicom_node.process.runner import JobRunner
+
+        self.settings = settings
+        self.sessions = sessions
+        self.runner = JobRunner(settings, sessions, models)
+        self.worker_name = name
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        run_jobs(
+            self.runner,
+            self.sessions,
+            self.worker_name,
+            self.stopped,
+            self.settings.workers.poll_interval,
+        )
+
+    def stop(self) -> None:
+        self.stopped.set()

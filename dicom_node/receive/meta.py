@@ -1,0 +1,168 @@
+"""What the index keeps of a received instance, read from its header and checked.
+
+The fast path (``header.read_header``: one structural pass, pydicom decodes only the values
+we keep) answers for well-formed files; anything it cannot vouch for is read again by
+pydicom, whose verdict stands. UIDs are validated here, before they become spool paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from dicom_node.receive.header import Header, read_header, tag_text
+from dicom_node.receive.index import InstanceMeta
+from dicom_node.receive.spool import valid_uid
+from dicom_node.receive.statuses import Status, StoreRejectedError
+
+log = logging.getLogger(__name__)
+
+# Only these header attributes are read at receive time; pixel data stays on disk.
+_DEFER = 64 * 1024
+
+
+def _check_not_truncated(ds: Dataset, size: int) -> None:
+    """Refuse a file whose last element claims more bytes than were received.
+
+    pydicom reads a truncated value without complaint (it just returns fewer bytes), and a
+    model would later fail on it; the sender can still fix it now.
+    """
+    for raw in ds._dict.values():
+        if not isinstance(raw, RawDataElement) or raw.length in (0, 0xFFFFFFFF):
+            continue
+        if raw.value is None:
+            if raw.value_tell + raw.length > size:
+                raise StoreRejectedError(
+                    Status.CANNOT_PARSE,
+                    f"element {raw.tag} is truncated: needs {raw.length} bytes, "
+                    f"{max(size - raw.value_tell, 0)} received",
+                )
+        elif len(raw.value) < raw.length:
+            raise StoreRejectedError(
+                Status.CANNOT_PARSE,
+                f"element {raw.tag} is truncated: needs {raw.length} bytes, "
+                f"{len(raw.value)} received",
+            )
+
+
+# InstanceMeta's text fields and the header attributes they come from.
+_META_FIELDS = (
+    ("study_uid", "StudyInstanceUID"),
+    ("series_uid", "SeriesInstanceUID"),
+    ("sop_instance_uid", "SOPInstanceUID"),
+    ("sop_class_uid", "SOPClassUID"),
+    ("patient_id", "PatientID"),
+    ("patient_name", "PatientName"),
+    ("accession_number", "AccessionNumber"),
+    ("study_date", "StudyDate"),
+    ("study_description", "StudyDescription"),
+    ("modality", "Modality"),
+    ("body_part", "BodyPartExamined"),
+    ("series_description", "SeriesDescription"),
+    ("series_number", "SeriesNumber"),
+)
+# Every header attribute the index keeps (what the fast header read collects).
+_META_KEYWORDS = (*(keyword for _field, keyword in _META_FIELDS), "InstanceNumber")
+
+
+def _meta(text: Callable[[str], str], transfer_syntax_uid: str, ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, ``text`` giving each as text."""
+    return InstanceMeta(
+        **{field: text(keyword) for field, keyword in _META_FIELDS},
+        transfer_syntax_uid=transfer_syntax_uid,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+    )
+
+
+def meta_from_dataset(ds: Dataset) -> InstanceMeta:
+    """The header values the index keeps, as text (multi-values joined like DICOM)."""
+    return _meta(functools.partial(tag_text, ds), str(ds.file_meta.TransferSyntaxUID), ds)
+
+
+def meta_from_header(header: Header) -> InstanceMeta:
+    """``meta_from_dataset`` for the fast header read: simple ASCII values are decoded
+    without pydicom (``Header.text``); the tests check both give the same for every file."""
+    return _meta(header.text, header.transfer_syntax_uid, header.dataset)
+
+
+def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
+    """Read and check the header of a received file.
+
+    The fast path (``header.read_header``: one structural pass, pydicom decodes only the
+    values we keep) answers for well-formed files; anything it cannot vouch for (deflated,
+    or any structural complaint) is read again by pydicom, whose verdict stands, so the
+    fast path never refuses what pydicom would accept.
+
+    Raises
+    ------
+    StoreRejectedError
+        With the status to answer and the reason to log.
+    """
+    try:
+        header = read_header(path, _META_KEYWORDS)
+        if header is not None:
+            meta = meta_from_header(header)
+            return _check_meta(meta, command_sop_class, command_sop_instance)
+    except Exception as exc:
+        log.debug("fast header read of %s failed (%s); reading with pydicom", path.name, exc)
+    return _check_meta(_read_meta_pydicom(path), command_sop_class, command_sop_instance)
+
+
+def _read_meta_pydicom(path: Path) -> InstanceMeta:
+    size = path.stat().st_size
+    try:
+        ds = dcmread(path, defer_size=_DEFER)
+        # Touch the header attributes we need: decoding errors surface here, not later.
+        meta = meta_from_dataset(ds)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise StoreRejectedError(Status.CANNOT_PARSE, f"dataset cannot be parsed: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds of errors on corrupt data
+        raise StoreRejectedError(Status.CANNOT_PARSE, f"dataset cannot be parsed: {exc!r}") from exc
+    if meta.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
+        # Offsets in a deflated file refer to the inflated stream, not the file size.
+        _check_not_truncated(ds, size)
+    return meta
+
+
+def _check_meta(
+    meta: InstanceMeta, command_sop_class: str, command_sop_instance: str
+) -> InstanceMeta:
+    sop_uid, sop_class = meta.sop_instance_uid, meta.sop_class_uid
+    for name, uid in (
+        ("SOPClassUID", sop_class),
+        ("SOPInstanceUID", sop_uid),
+        ("StudyInstanceUID", meta.study_uid),
+        ("SeriesInstanceUID", meta.series_uid),
+    ):
+        if not uid:
+            raise StoreRejectedError(Status.INVALID_UID, f"{name} is missing")
+        if not valid_uid(uid):
+            raise StoreRejectedError(Status.INVALID_UID, f"{name} {uid[:80]!r} is not a valid UID")
+    if sop_class != command_sop_class:
+        raise StoreRejectedError(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class {sop_class} differs from the request's {command_sop_class}",
+        )
+    if sop_uid != command_sop_instance:
+        raise StoreRejectedError(
+            Status.UID_MISMATCH,
+            f"dataset SOP Instance UID {sop_uid} differs from the request's "
+            f"{command_sop_instance[:80]!r}",
+        )
+    return meta
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

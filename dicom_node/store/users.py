@@ -1,0 +1,194 @@
+"""Admin-page users: accounts with argon2 password hashes, roles and API tokens.
+
+The admin page shows patient data, so who may see it is kept in the node's own database
+(no external identity provider is assumed on a hospital-side box). Passwords are hashed with
+argon2id (``argon2-cffi``), the memory-hard winner of the Password Hashing Competition, so a
+stolen database does not give the passwords away cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.store.db import ApiToken, User, utcnow
+
+ROLES = ("admin", "viewer")
+MIN_PASSWORD_LENGTH = 8
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_HASHER = PasswordHasher()
+# Verified against when the username does not exist, so a failed login takes as long for an
+# unknown user as for a wrong password (no username probing by timing).
+_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+TOKEN_PREFIX = "dn_"
+
+
+class UserError(ValueError):
+    """A user operation that cannot be done (unknown user, bad role, weak password...)."""
+
+
+def _check_username(username: str) -> str:
+    if not _USERNAME_RE.match(username):
+        raise UserError(f"invalid username {username!r}: 1 to 64 letters, digits or _ . @ -")
+    return username
+
+
+def _check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"invalid role {role!r}: one of {', '.join(ROLES)}")
+    return role
+
+
+def _get(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise UserError(f"no user {username!r}")
+    return user
+
+
+def hash_password(password: str) -> str:
+    """Argon2id hash (with its parameters and salt) of a password."""
+    return _HASHER.hash(password)
+
+
+def add_user(
+    sessions: sessionmaker[Session], username: str, password: str, role: str = "viewer"
+) -> User:
+    """Create an active user.
+
+    Raises
+    ------
+    UserError
+        Invalid username, role or too short password, or the username exists.
+    """
+    _check_username(username)
+    _check_password(password)
+    _check_role(role)
+    with sessions() as session:
+        if session.scalar(select(User.id).where(User.username == username)) is not None:
+            raise UserError(f"user {username!r} exists")
+        user = User(username=username, password_hash=hash_password(password), role=role)
+        session.add(user)
+        session.commit()
+        return user
+
+
+def list_users(sessions: sessionmaker[Session]) -> list[User]:
+    """All users, active or not, by name."""
+    with sessions() as session:
+        return list(session.scalars(select(User).order_by(User.username)))
+
+
+def disable_user(sessions: sessionmaker[Session], username: str) -> None:
+    """Deactivate a user and revoke their API tokens.
+
+    Users are never deleted: audit entries name them, and a name must not be reused by
+    someone else while those entries exist. Open sessions end at their next request because
+    every request reloads the user (``dicom_node.web.auth``).
+    """
+    with sessions() as session:
+        user = _get(session, username)
+        user.active = False
+        session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(revoked=True))
+        session.commit()
+
+
+def set_password(sessions: sessionmaker[Session], username: str, password: str) -> None:
+    """Replace a password; open web sessions of the user end (their stamp no longer matches)."""
+    _check_password(password)
+    with sessions() as session:
+        user = _get(session, username)
+        user.password_hash = hash_password(password)
+        session.commit()
+
+
+def authenticate(sessions: sessionmaker[Session], username: str, password: str) -> User | None:
+    """The active user with this password, or None.
+
+    Unknown and disabled users cost one argon2 verification too, so the answer time does
+    not tell which usernames exist. Hashes made with older parameters are upgraded.
+    """
+    with sessions() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        try:
+            _HASHER.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if user is None or not user.active:
+            return None
+        if _HASHER.check_needs_rehash(stored):
+            user.password_hash = hash_password(password)
+        user.last_login_at = utcnow()
+        session.commit()
+        return user
+
+
+def session_stamp(user: User) -> str:
+    """A short fingerprint of the password hash, kept in the web session.
+
+    When the password changes, the stamp changes and sessions opened with the old password
+    are refused: a password reset also logs out a stolen session.
+    """
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(sessions: sessionmaker[Session], username: str, name: str = "") -> str:
+    """Make an API token for an active user and return it; only its hash is stored.
+
+    The token is shown once: a lost token is revoked and replaced, never recovered.
+    """
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with sessions() as session:
+        user = _get(session, username)
+        if not user.active:
+            raise UserError(f"user {username!r} is disabled")
+        session.add(ApiToken(user_id=user.id, token_hash=_token_hash(token), name=name[:64]))
+        session.commit()
+    return token
+
+
+def revoke_tokens(sessions: sessionmaker[Session], username: str) -> int:
+    """Revoke every API token of a user; returns how many were active."""
+    with sessions() as session:
+        user = _get(session, username)
+        result: Any = session.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
+            .values(revoked=True)
+        )
+        session.commit()
+        return int(result.rowcount or 0)
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The active user owning a non-revoked token, or None; records the token's last use."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = session.scalar(
+        select(ApiToken).where(
+            ApiToken.token_hash == _token_hash(token), ApiToken.revoked.is_(False)
+        )
+    )
+    if row is None or not row.user.active:
+        return None
+    row.last_used_at = utcnow()
+    session.commit()
+    return row.user
