@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.config import Destination, Settings
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
+from dicom_node.store.states import DeliveryState, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def ensure_delivery(
         )
     )
     if row is not None:
-        if row.state == "failed":
-            row.state = "pending"
+        if row.state == DeliveryState.FAILED:
+            row.state = DeliveryState.PENDING
             row.next_attempt_at = utcnow()
             row.path = str(path)
         return row, False
@@ -87,13 +88,50 @@ def ensure_delivery(
         sop_instance_uid=sop_instance_uid,
         study_uid=study_uid,
         path=str(path),
-        state="pending",
+        state=DeliveryState.PENDING,
         attempts=0,
         next_attempt_at=utcnow(),
     )
     session.add(row)
     session.flush()
     return row, True
+
+
+class DeliveryError(ValueError):
+    """A request this module cannot honour (unknown delivery, one that has not failed)."""
+
+
+def retry_failed(session: Session, delivery_id: int, *, requested_by: str) -> Delivery:
+    """Put a failed delivery back in the queue, due now; the caller's session commits.
+
+    The attempt count and the last error are kept (the history of what failed stays
+    visible); the delivery loop makes one more attempt, and the event says who asked.
+
+    Raises
+    ------
+    DeliveryError
+        Unknown delivery, or one that has not failed.
+    """
+    row = session.get(Delivery, delivery_id)
+    if row is None:
+        raise DeliveryError(f"unknown delivery {delivery_id}")
+    if row.state != DeliveryState.FAILED:
+        raise DeliveryError(f"delivery {delivery_id} is {row.state}, not failed")
+    row.state = DeliveryState.PENDING
+    row.next_attempt_at = utcnow()
+    history.record(
+        session,
+        EventKind.DELIVERY_RETRY_REQUESTED,
+        study_uid=row.study_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        job_id=row.job_id,
+        delivery_id=row.id,
+        destination=row.destination,
+        attempts=row.attempts,
+        requested_by=requested_by,
+    )
+    session.commit()
+    return row
 
 
 def _transfer_syntax(path: str) -> str:
@@ -129,7 +167,7 @@ class Deliverer:
         with self.sessions() as session:
             rows = session.scalars(
                 select(Delivery)
-                .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
                 .order_by(Delivery.id)
                 .limit(limit)
             ).all()
@@ -258,19 +296,19 @@ class Deliverer:
             row.last_status = status
             row.last_error = error
             if success:
-                row.state = "done"
+                row.state = DeliveryState.DONE
                 row.delivered_at = now
-                self.counts["done"] += 1
+                kind = EventKind.DELIVERY_DONE
             elif final or dest is None or row.attempts >= dest.max_attempts:
-                row.state = "failed"
-                self.counts["failed"] += 1
+                row.state = DeliveryState.FAILED
+                kind = EventKind.DELIVERY_FAILED
             else:
                 row.next_attempt_at = now + dt.timedelta(seconds=backoff_delay(dest, row.attempts))
-                self.counts["retry"] += 1
+                kind = EventKind.DELIVERY_RETRY
+            self.counts[kind.removeprefix("delivery.")] += 1
             history.record(
                 session,
-                "delivery."
-                + ("done" if success else "failed" if row.state == "failed" else "retry"),
+                kind,
                 study_uid=row.study_uid,
                 sop_instance_uid=row.sop_instance_uid,
                 job_id=row.job_id,

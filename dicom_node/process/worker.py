@@ -72,11 +72,11 @@ def run_jobs(
 
     The one job loop of both the worker processes and the in-process worker.
     """
-    from dicom_node.process.runner import claim_next_job
+    from dicom_node.process import queue
 
     while not stop.is_set() and keep_going():
         try:
-            job_id = claim_next_job(sessions, name)
+            job_id = queue.claim_next(sessions, name)
         except Exception:
             log.exception("cannot claim a job; retrying")
             job_id = None

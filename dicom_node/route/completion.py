@@ -24,9 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
+from dicom_node.process import queue
 from dicom_node.route.rules import RouteDecision, evaluate, tags_for
 from dicom_node.store import history
-from dicom_node.store.db import Instance, Job, Series, Study, utcnow
+from dicom_node.store.db import Instance, Series, Study, utcnow
+from dicom_node.store.states import SERIES_OUTCOME_EVENTS, EventKind, SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +60,22 @@ def route_series(
         )
     series.route_reason = "\n".join(decision.reasons)
     if decision.own_object:
-        series.state = "ignored"
+        series.state = SeriesState.IGNORED
     elif not decision.routed:
-        series.state = "unrouted"
+        series.state = SeriesState.UNROUTED
     else:
-        series.state = "routed"
+        series.state = SeriesState.ROUTED
         series.route_name = ",".join(r.name for r in decision.routes)
     history.record(
         session,
-        f"series.{series.state}",
+        SERIES_OUTCOME_EVENTS[series.state],
         study_uid=study_uid,
         series_uid=series.series_uid,
         generation=series.generation,
         reasons=list(decision.reasons),
     )
     for route in decision.routes:
-        exists = session.scalar(
-            select(Job.id).where(
-                Job.series_id == series.id,
-                Job.generation == series.generation,
-                Job.route_name == route.name,
-            )
-        )
-        if exists is not None:
-            continue
-        job = Job(series_id=series.id, generation=series.generation, route_name=route.name)
-        session.add(job)
-        session.flush()
-        history.record(
-            session,
-            "job.queued",
-            study_uid=study_uid,
-            series_uid=series.series_uid,
-            job_id=job.id,
-            route=route.name,
-            generation=series.generation,
-        )
+        queue.enqueue(session, series, route.name, study_uid=study_uid)
     return decision
 
 
@@ -110,7 +92,9 @@ def complete_due_series(
     done = 0
     with sessions() as session:
         due = session.scalars(
-            select(Series.id).where(Series.state == "receiving", Series.last_received_at <= cutoff)
+            select(Series.id).where(
+                Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff
+            )
         ).all()
     for series_id in due:
         with sessions() as session:
@@ -120,10 +104,10 @@ def complete_due_series(
                 update(Series)
                 .where(
                     Series.id == series_id,
-                    Series.state == "receiving",
+                    Series.state == SeriesState.RECEIVING,
                     Series.last_received_at <= cutoff,
                 )
-                .values(state="complete", completed_at=now)
+                .values(state=SeriesState.COMPLETE, completed_at=now)
             ).rowcount  # type: ignore[attr-defined]
             if not claimed:
                 session.rollback()
@@ -134,7 +118,7 @@ def complete_due_series(
             quiet = (now - series.last_received_at).total_seconds()
             history.record(
                 session,
-                "series.completed",
+                EventKind.SERIES_COMPLETED,
                 study_uid=study_uid or "",
                 series_uid=series.series_uid,
                 instances=series.instance_count,
@@ -159,9 +143,11 @@ def _mark_route_failed(sessions: sessionmaker[Session], series_id: int, error: s
         series = session.get(Series, series_id)
         if series is None:
             return
-        series.state = "unrouted"
+        series.state = SeriesState.UNROUTED
         series.route_reason = f"routing failed: {error}"
-        history.record(session, "series.route_failed", series_uid=series.series_uid, error=error)
+        history.record(
+            session, EventKind.SERIES_ROUTE_FAILED, series_uid=series.series_uid, error=error
+        )
         session.commit()
 
 
