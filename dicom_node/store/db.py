@@ -353,9 +353,19 @@ def make_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (the newest by default); idempotent.
+    """Bring the schema to ``revision`` (the newest by default); idempotent."""
+    _migrate(engine, "upgrade", revision)
 
-    On SQLite, foreign keys are switched off for the upgrade: a migration that changes a
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (for an operator undoing an upgrade)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run Alembic on one connection of ``engine``.
+
+    On SQLite, foreign keys are switched off for the migration: a migration that changes a
     table copies it (Alembic's batch mode), and dropping the old copy of a table that rows
     of another table reference would otherwise fail. Switched off outside the transaction
     (SQLite ignores the pragma inside one) and back on after it.
@@ -365,6 +375,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    run = command.upgrade if direction == "upgrade" else command.downgrade
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:
@@ -373,7 +384,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         try:
             with connection.begin():
                 cfg.attributes["connection"] = connection
-                command.upgrade(cfg, revision)
+                run(cfg, revision)
         finally:
             if sqlite:
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")

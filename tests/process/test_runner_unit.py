@@ -178,7 +178,7 @@ def test_runner_fails_a_job_whose_route_is_gone(
 
 
 def test_queue_claims_once_requeues_and_reruns(queued_job: tuple[Settings, Any, int]) -> None:
-    settings, sessions, job_id = queued_job
+    _settings_unused, sessions, job_id = queued_job
     assert queue.claim_next(sessions, "other") is None  # the only job is running
     assert queue.requeue_interrupted(sessions, worker="other") == 0
     assert queue.requeue_interrupted(sessions, worker="test") == 1

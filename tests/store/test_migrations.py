@@ -5,10 +5,19 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from dicom_node.store.db import Delivery, Job, Series, make_engine, session_factory, upgrade
+from dicom_node.store.db import (
+    Delivery,
+    Job,
+    Series,
+    create_engine,
+    downgrade,
+    make_engine,
+    session_factory,
+    upgrade,
+)
 from dicom_node.store.states import DeliveryState, JobState, SeriesState
 
 pytestmark = pytest.mark.postgres
@@ -82,9 +91,11 @@ def test_0003_upgrades_existing_rows_and_refuses_unknown_states(database_url: st
 
     # The database itself refuses a state no code knows (raw SQL, past the ORM).
     for table in ("series", "job", "delivery"):
-        with pytest.raises(IntegrityError, match=f"ck_{table}_state|CHECK constraint"):
-            with engine.begin() as conn:
-                conn.execute(text(f"UPDATE {table} SET state = 'finished' WHERE id = 1"))
+        with (
+            pytest.raises(IntegrityError, match=f"ck_{table}_state|CHECK constraint"),
+            engine.begin() as conn,
+        ):
+            conn.execute(text(f"UPDATE {table} SET state = 'finished' WHERE id = 1"))
 
     # The ORM refuses it before the database does.
     with sessions() as session:
@@ -92,4 +103,26 @@ def test_0003_upgrades_existing_rows_and_refuses_unknown_states(database_url: st
         job.state = "finished"  # type: ignore[assignment]
         with pytest.raises(StatementError, match="finished"):
             session.commit()
+    engine.dispose()
+
+
+def test_downgrade_to_0001_and_up_again(database_url: str) -> None:
+    """Every migration can be undone and redone (0002's tables and indexes, 0003's checks)."""
+    engine = create_engine(database_url)
+    downgrade(engine, "0001")
+    assert "api_token" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:  # no CHECK any more: the old free-text state is accepted
+        conn.execute(
+            text(
+                "INSERT INTO study (study_uid, patient_id, patient_name, accession_number,"
+                " study_date, study_description, first_received_at, last_received_at)"
+                " VALUES ('9.9', '', '', '', '', '', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+    upgrade(engine)
+    inspector = inspect(engine)
+    assert "api_token" in inspector.get_table_names()
+    assert "ix_study_patient_name" in {i["name"] for i in inspector.get_indexes("study")}
+    assert {c["name"] for c in inspector.get_check_constraints("job")} >= {"ck_job_state"}
     engine.dispose()
