@@ -93,6 +93,10 @@ class WorkerSettings(_Strict):
     processes: int = Field(1, ge=0, le=16)
     inference_threads: int = Field(1, ge=1, le=64)
     poll_interval: float = Field(0.5, gt=0)
+    # Hostile-input bounds of pixel decoding (inference.pixels.PixelLimits), checked on the
+    # DICOM header and on each compressed frame's own header before anything is decoded.
+    max_frame_pixels: int = Field(40_000_000, ge=1)
+    max_frames: int = Field(5000, ge=1)
 
 
 class ModelSettings(_Strict):

@@ -21,12 +21,17 @@ log = logging.getLogger(__name__)
 
 def model_cache(settings: Settings) -> Any:
     """The models of ``settings.models_dir``, each loaded once per process on first use."""
+    from inference.pixels import PixelLimits
     from inference.registry import ModelCache, load_manifests
 
     return ModelCache(
         load_manifests(settings.models_dir),
         threads=settings.workers.inference_threads,
         inter_op_threads=1,
+        limits=PixelLimits(
+            max_frame_pixels=settings.workers.max_frame_pixels,
+            max_frames=settings.workers.max_frames,
+        ),
     )
 
 
