@@ -96,9 +96,14 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
     from dicom_node.logs import setup_logging
     from dicom_node.process.runner import JobRunner
+    from dicom_node.receive.pynetdicom_ext import configure_pydicom
     from dicom_node.store.db import create_engine, session_factory
 
     setup_logging(f"worker-{name}")
+    # A spawned process starts with pydicom's defaults: read the received files with the
+    # settings the receiver and the tests use (pydicom's settings only, not pynetdicom's
+    # receive path, which a worker does not run).
+    configure_pydicom()
     _die_with_parent()
     # The parent decides when we stop: Ctrl-C, `timeout` or systemd signal the whole process
     # group, and a worker killed by that signal could die holding the stop event's lock.
