@@ -66,6 +66,8 @@ class ScpSettings(_Strict):
     require_called_ae: bool = True
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     network_timeout: float = Field(60, gt=0)
+    # A deflated dataset inflating past this is refused with 0xC210 (a decompression bomb).
+    max_inflated_size: int = Field(256 * 1024 * 1024, ge=1024)
 
     @field_validator("allowed_calling_aes")
     @classmethod

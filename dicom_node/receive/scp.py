@@ -312,7 +312,12 @@ class StoreSCP:
             file_synced = None
             synced = False
         try:
-            meta = read_meta(temp, command_class, command_instance)
+            meta = read_meta(
+                temp,
+                command_class,
+                command_instance,
+                max_inflated_size=self.settings.scp.max_inflated_size,
+            )
         finally:
             # Always wait: pynetdicom closes the file after we return.
             if file_synced is not None:
