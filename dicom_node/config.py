@@ -115,6 +115,9 @@ class Destination(_Strict):
     backoff_max: float = Field(600, ge=0)
     sr_class: Literal["comprehensive3d", "comprehensive", "enhanced"] = "comprehensive3d"
     timeout: float = Field(30, gt=0)
+    # Associations to this destination at once; each destination has its own, so a dead
+    # one never delays the others.
+    concurrency: int = Field(1, ge=1, le=16)
 
     _ae = field_validator("ae_title")(_check_ae)
 
