@@ -3,7 +3,8 @@
 Sub-commands live in small modules under ``dicom_node/commands`` where they grow beyond a
 few lines; each offers ``register(subparsers)`` and a ``run(args, settings)`` function.
 Configuration errors end the program with exit status 2 and a message that names the file
-and the key; DICOM failures print the status code and its meaning.
+and the key, start-up errors (``StartupError``: data folder in use, port taken) with one line
+naming the folder or the setting; DICOM failures print the status code and its meaning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dicom_node import __version__
-from dicom_node.config import ConfigError, Settings, load_settings
+from dicom_node.config import ConfigError, Settings, StartupError, load_settings
 
 log = logging.getLogger("dicom_node")
 
@@ -75,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         return handlers[args.command](args, settings)
-    except (ConfigError, ManifestError) as exc:
-        # A bad configuration or model manifest stops the command with the file and key.
+    except (ConfigError, ManifestError, StartupError) as exc:
+        # A bad configuration or model manifest stops the command with the file and key; a
+        # node that cannot start here (data folder in use, port taken) with the folder or
+        # the setting. The operator fixes these, so one line and no traceback.
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
 

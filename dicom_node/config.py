@@ -7,8 +7,10 @@ bad one stops the node with a message that names the file, the key and the probl
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +36,57 @@ _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 class ConfigError(ValueError):
     """A configuration problem, with the source file and the key in the message."""
+
+
+class StartupError(RuntimeError):
+    """The node cannot start here and now: its data folder is in use, or a port is taken.
+
+    Not a bug but the operator's to fix (stop the other node, pick another port), so the
+    message is one line that names the folder or the setting, and ``serve`` prints it
+    without a traceback and exits with status 2, like a :class:`ConfigError`.
+    """
+
+
+def env_var(key: str) -> str:
+    """The environment variable that overrides a setting: ``scp.port`` ->
+    ``DICOM_NODE__SCP__PORT`` (the reverse of :func:`_env_overrides`)."""
+    return ENV_PREFIX + "__".join(part.upper() for part in key.split("."))
+
+
+def cannot_listen(section: str, host: str, port: int, exc: OSError) -> StartupError:
+    """Say in one line why ``[section] host:port`` cannot be bound, and which setting (file
+    key or environment variable) changes it.
+
+    Parameters
+    ----------
+    section
+        The settings section that owns ``host`` and ``port``: ``scp`` or ``web``.
+    host, port
+        The address that failed.
+    exc
+        The error from ``bind``/``listen`` or from resolving the host name.
+    """
+    port_key, host_key = f"{section}.port", f"{section}.host"
+
+    def change(key: str) -> str:
+        return f"choose another with {key} in the configuration file or {env_var(key)}"
+
+    if isinstance(exc, socket.gaierror):
+        return StartupError(f"{host_key} {host!r} cannot be resolved; {change(host_key)}")
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"{port_key} {port} on {host} is already in use; {change(port_key)}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(
+            f"{host_key} {host} is not an address of this machine; {change(host_key)}"
+        )
+    if exc.errno == errno.EACCES:
+        return StartupError(
+            f"{port_key} {port} on {host}: permission denied (ports below 1024 need "
+            f"privileges); {change(port_key)}"
+        )
+    return StartupError(
+        f"cannot listen on {host}:{port} ({host_key}, {port_key}): {exc.strerror or exc}"
+    )
 
 
 def _check_ae(value: str) -> str:

@@ -3,13 +3,16 @@
 Receiving, routing, processing and delivering are separate loops (as in mercure), so one
 failing or slow does not stop the others. All state is in the database: a restart requeues
 interrupted jobs, keeps pending deliveries with their attempt counts, and indexes any spool
-file that a crash left without an index row.
+file that a crash left without an index row. That recovery assumes the node is alone on its
+data folder, so ``start`` first takes the folder's lock (:mod:`dicom_node.store.lock`) and
+binds its ports, and only then changes anything.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from dicom_node.receive.scp import StoreSCP
 from dicom_node.receive.spool import Spool
 from dicom_node.route.completion import CompletionThread
 from dicom_node.route.waits import model_availability
-from dicom_node.store.db import create_engine, session_factory
+from dicom_node.store.db import create_engine, session_factory, upgrade
+from dicom_node.store.lock import DataFolderLock
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,9 @@ class Node:
         web: bool = True,
     ) -> None:
         self.settings = settings
-        self.engine: Engine = create_engine(settings.database_url)
+        self.lock = DataFolderLock(settings.data_dir)
+        # Migrated in start(), under the lock: a second node must not touch the database.
+        self.engine: Engine = create_engine(settings.database_url, migrate=False)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(settings.spool_dir)
         self.scp = StoreSCP(settings, self.sessions, self.spool)
@@ -52,6 +58,7 @@ class Node:
         self._models = models
         self._web_enabled = web
         self._web: Any = None
+        self._web_socket: socket.socket | None = None
         self._stop = mp.get_context("spawn").Event()
         self._workers: dict[str, mp.process.BaseProcess] = {}
         self._inproc: InProcessWorker | None = None
@@ -60,15 +67,36 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        left = self.spool.clean_incoming()
-        if left:
-            log.warning("removed %d partial file(s) left by an interrupted receive", left)
-        requeued = requeue_interrupted(self.sessions)
-        if requeued:
-            log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
-        reconcile_spool(self.spool, self.sessions)
+        """Start everything; on failure stop what was started and re-raise.
+
+        The order is the point: first the data folder's lock (another node there must not
+        lose its partial files and running jobs to our cleanup), then the ports (a port in
+        use must stop us before we changed anything), then the schema, the recovery of what
+        a crash left, and only then serving.
+
+        Raises
+        ------
+        StartupError
+            The data folder is in use by another node, or a port cannot be bound; nothing
+            in the folder or the database was changed.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.lock.acquire()
+        self.scp.bind()
+        if self._web_wanted():
+            from dicom_node.web.server import bind_web
+
+            self._web_socket = bind_web(self.settings)
+        upgrade(self.engine)
+        self._recover()
         self._log_waiting_routes()
-        self.scp.start()
+        self.scp.serve()
         self.completion.start()
         self.delivery.start()
         self._running.set()
@@ -83,8 +111,18 @@ class Node:
                 target=self._supervise, name="supervisor", daemon=True
             )
             self._supervisor.start()
-        if self._web_enabled:
-            self._start_web()
+        if self._web_socket is not None:
+            self._start_web(self._web_socket)
+
+    def _recover(self) -> None:
+        """Undo what a stop or crash left half done (safe only while we hold the lock)."""
+        left = self.spool.clean_incoming()
+        if left:
+            log.warning("removed %d partial file(s) left by an interrupted receive", left)
+        requeued = requeue_interrupted(self.sessions)
+        if requeued:
+            log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
+        reconcile_spool(self.spool, self.sessions)
 
     def _log_waiting_routes(self) -> None:
         """Say at start-up which routes wait for which model weights."""
@@ -96,16 +134,21 @@ class Node:
         ):
             log.warning("%s", line)
 
-    def _start_web(self) -> None:
-        web_settings = getattr(self.settings, "web", None)
-        if web_settings is None or not getattr(web_settings, "enabled", False):
-            return
+    def _web_wanted(self) -> bool:
+        """The admin page runs when this node was built with it and ``[web]`` enables it."""
+        if not (self._web_enabled and self.settings.web.enabled):
+            return False
         try:
-            from dicom_node.web.server import start_web
+            import dicom_node.web.server  # noqa: F401
         except ImportError:  # pragma: no cover - web app not installed
             log.warning("admin web app not available")
-            return
-        self._web = start_web(self.settings, self.sessions, None, self.status)
+            return False
+        return True
+
+    def _start_web(self, sock: socket.socket) -> None:
+        from dicom_node.web.server import start_web
+
+        self._web = start_web(self.settings, self.sessions, None, self.status, sock=sock)
 
     def _spawn_worker(self, name: str) -> None:
         ctx = mp.get_context("spawn")
@@ -151,9 +194,14 @@ class Node:
                 proc.terminate()
         if self._web is not None:
             self._web.stop()
-        self.completion.join(timeout=10)
-        self.delivery.join(timeout=30)
+        if self._web_socket is not None:
+            self._web_socket.close()  # bound but never served when start failed
+        for thread, timeout in ((self.completion, 10), (self.delivery, 30)):
+            if thread.ident is not None:  # a failed start may not have started it
+                thread.join(timeout=timeout)
         self.engine.dispose()
+        # Last: another node may take the folder once we no longer write to it.
+        self.lock.release()
 
     # -- status for health checks and metrics ------------------------------------------
     def status(self) -> dict[str, Any]:

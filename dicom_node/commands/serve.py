@@ -28,6 +28,12 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGINT or SIGTERM.
+
+    A node that cannot start here (data folder in use by another node, a port taken) raises
+    ``StartupError`` from ``Node.start`` having changed nothing and left nothing running;
+    ``cli.main`` prints it as one line and exits with status 2.
+    """
     from dicom_node.logs import setup_logging
     from dicom_node.node import Node
 

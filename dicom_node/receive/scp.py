@@ -46,7 +46,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import ConfigError, Settings
+from dicom_node.config import ConfigError, Settings, cannot_listen
 from dicom_node.receive import pynetdicom_ext
 from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.index import IndexCache, InstanceMeta, index_instance
@@ -126,6 +126,7 @@ class StoreSCP:
         self.on_instance = on_instance
         self.stats = ReceiveStats()
         self._server: ThreadedAssociationServer | None = None
+        self._acceptor: threading.Thread | None = None
         # Study/series ids per association (a series usually arrives on one association);
         # weak keys, so an ended association's cache goes with it.
         self._caches: weakref.WeakKeyDictionary[Any, IndexCache] = weakref.WeakKeyDictionary()
@@ -153,44 +154,72 @@ class StoreSCP:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> ThreadedAssociationServer:
-        """Install the receive path's pynetdicom extensions and start listening.
+        """Listen and serve: :meth:`bind` then :meth:`serve`."""
+        self.bind()
+        return self.serve()
+
+    def bind(self) -> ThreadedAssociationServer:
+        """Bind and listen on ``[scp] host:port``, without serving yet.
+
+        The node binds before its start-up cleanup, so that a port in use stops it before
+        anything changed; connections that arrive meanwhile wait in the listen backlog and
+        are served once :meth:`serve` runs (after the cleanup of ``.incoming``, which would
+        otherwise remove files being received).
 
         Raises
         ------
+        StartupError
+            The address cannot be bound (port in use, host not of this machine); one line
+            naming the setting.
         ConfigError
             The installed pynetdicom is not a version the extensions were checked against:
             a problem of the installation, which the command line reports in one line
             (exit status 2) like any other configuration problem.
         """
+        if self._server is not None:
+            return self._server
         try:
             pynetdicom_ext.install()
         except pynetdicom_ext.UnsupportedVersionError as exc:
             raise ConfigError(str(exc)) from exc
-        self._io = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
         ]
+        scp = self.settings.scp
         # Each incoming dataset is streamed to a file in this spool's own folder instead
         # of RAM: memory stays flat for 500 MB instances and the final step is a same-disk
         # link. The folder rides on the association, so receivers do not share a global.
-        server = self.ae.make_server(
-            (self.settings.scp.host, self.settings.scp.port),
-            evt_handlers=handlers,  # type: ignore[arg-type]
-            server_class=pynetdicom_ext.server_class(
-                allowed_hosts=self.settings.scp.allowed_hosts,
-                on_refused=self._host_refused,
-                on_message=self._message_arrived,
-                incoming_file=functools.partial(IncomingFile, self.spool.tmp),
-            ),
-            request_handler=pynetdicom_ext.NodeRequestHandler,
-        )
-        thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)
-        thread.start()
+        try:
+            server = self.ae.make_server(
+                (scp.host, scp.port),
+                evt_handlers=handlers,  # type: ignore[arg-type]
+                server_class=pynetdicom_ext.server_class(
+                    allowed_hosts=scp.allowed_hosts,
+                    on_refused=self._host_refused,
+                    on_message=self._message_arrived,
+                    incoming_file=functools.partial(IncomingFile, self.spool.tmp),
+                ),
+                request_handler=pynetdicom_ext.NodeRequestHandler,
+            )
+        except OSError as exc:
+            raise cannot_listen("scp", scp.host, scp.port, exc) from exc
         self.ae._servers.append(server)  # so AE.shutdown() also stops it
         self._server = server
+        return server
+
+    def serve(self) -> ThreadedAssociationServer:
+        """Start answering associations on the bound address (binds first if needed)."""
+        server = self.bind()
+        if self._acceptor is not None:
+            return server
+        self._io = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
+        self._acceptor = threading.Thread(
+            target=server.serve_forever, name="scp-acceptor", daemon=True
+        )
+        self._acceptor.start()
         log.info(
             "SCP %s listening on %s:%d",
             self.settings.node.ae_title,
@@ -206,9 +235,14 @@ class StoreSCP:
         return int(self._server.server_address[1])
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            if self._acceptor is not None:
+                server.shutdown()  # ends serve_forever, closes the socket
+                self._acceptor = None
+            else:  # bound but never served: shutdown() would wait for serve_forever
+                server.server_close()
+                self.ae._servers.remove(server)
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None

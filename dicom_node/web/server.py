@@ -9,6 +9,7 @@ waits for the thread.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from dicom_node.config import Settings, cannot_listen
 from dicom_node.web.actions import WebActions
 from dicom_node.web.app import create_app
 from dicom_node.web.context import StatusFn
@@ -46,11 +47,39 @@ class WebServer:
             self.thread.join(timeout)
 
 
-def _run(server: uvicorn.Server, failure: list[BaseException]) -> None:
+def _run(
+    server: uvicorn.Server, sockets: list[socket.socket] | None, failure: list[BaseException]
+) -> None:
     try:
-        server.run()
+        server.run(sockets=sockets)
     except BaseException as exc:  # uvicorn exits with SystemExit when it cannot bind
         failure.append(exc)
+
+
+def bind_web(settings: Settings) -> socket.socket:
+    """Bind and listen on ``[web] host:port`` for :func:`start_web`.
+
+    The node binds its ports before its start-up cleanup, so a port in use stops it before
+    anything changed, with one line instead of uvicorn's log and exit.
+
+    Raises
+    ------
+    StartupError
+        The address cannot be bound (port in use, host not of this machine); one line
+        naming the setting.
+    """
+    web = settings.web
+    # The address family as uvicorn chooses it, so the page listens where it did before.
+    sock = socket.socket(socket.AF_INET6 if ":" in web.host else socket.AF_INET)
+    try:
+        # As uvicorn binds: a restart must not wait for the old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((web.host, web.port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen("web", web.host, web.port, exc) from exc
+    return sock
 
 
 def start_web(
@@ -59,9 +88,15 @@ def start_web(
     actions: WebActions | None = None,
     status: StatusFn | None = None,
     *,
+    sock: socket.socket | None = None,
     startup_timeout: float = 15.0,
 ) -> WebServer:
     """Start the admin page on ``[web] host:port`` and return once it accepts connections.
+
+    Parameters
+    ----------
+    sock
+        A socket from :func:`bind_web` to serve on; without one uvicorn binds itself.
 
     Raises
     ------
@@ -85,7 +120,10 @@ def start_web(
     server = uvicorn.Server(uvicorn.Config(app, **options))
     failure: list[BaseException] = []
     thread = threading.Thread(
-        target=_run, args=(server, failure), name="dicom-node-web", daemon=True
+        target=_run,
+        args=(server, [sock] if sock is not None else None, failure),
+        name="dicom-node-web",
+        daemon=True,
     )
     thread.start()
     deadline = time.monotonic() + startup_timeout
