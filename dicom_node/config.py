@@ -220,9 +220,19 @@ class WebSettings(_Strict):
     # Signs the session cookie. Empty: generated once and kept in the node_setting table.
     secret_key: str = ""
     session_max_age: int = Field(8 * 3600, ge=60)
-    # Failed logins allowed per client address and per username within the window (then 429).
+    # Failed logins allowed per (client address, username) pair within the window; then that
+    # pair gets 429 until the window slides on or `dicom-node users unlock NAME`. Per pair, not
+    # per user, so nobody can lock a user out from another address by failing on purpose.
     login_rate_limit: int = Field(5, ge=1)
+    # Failed logins allowed per client address, whatever the username (password spraying).
+    login_address_limit: int = Field(50, ge=1)
     login_rate_window: float = Field(300, gt=0)
+    # Pairs and addresses the login throttle remembers (the least recently failing is
+    # forgotten first), so a flood of made-up names cannot grow memory without bound.
+    login_throttle_entries: int = Field(10_000, ge=100, le=1_000_000)
+    # /healthz runs its checks (database query, spool write with fsync, node status) at most
+    # once per this many seconds; calls in between get the cached answer.
+    health_cache_seconds: float = Field(5.0, gt=0, le=300)
     # Set when the page is served over TLS (directly or by a proxy): cookie gets "Secure".
     https_only: bool = False
     # Addresses of reverse proxies whose X-Forwarded-For is believed; empty = none.

@@ -27,7 +27,7 @@ from dicom_node.receive.reconcile import reconcile_spool
 from dicom_node.receive.scp import StoreSCP
 from dicom_node.receive.spool import Spool
 from dicom_node.route.completion import CompletionThread
-from dicom_node.route.waits import model_availability
+from dicom_node.route.waits import model_availability, route_model_status
 from dicom_node.store.db import create_engine, session_factory, upgrade
 from dicom_node.store.lock import DataFolderLock
 
@@ -222,14 +222,8 @@ class Node:
                 "rejected_associations": stats.rejected_associations,
             },
             "deliveries": dict(self.deliverer.counts),
-            # Models of enabled routes: ok when their weights are there to load (the
-            # workers load them in their own processes at start).
-            "models": {
-                model_id: {"ok": self.model_available(model_id)}
-                for route in self.settings.routes
-                if route.enabled
-                for model_id in route.models
-            },
+            # Models of enabled routes; one without weights waits (route.waits).
+            "models": route_model_status(self.settings, self.model_available),
         }
 
 

@@ -4,6 +4,9 @@ The first admin has to come from somewhere: the web page has no sign-up, so acco
 made here by whoever runs the node. Passwords are read from the terminal (or one line of
 standard input with ``--password-stdin``), never from the command line, where ``ps`` and the
 shell history would show them.
+
+Every change is written to the audit table (client address ``cli``, user ``cli:<login>``
+with the operating-system login that ran the command), next to the web app's entries.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import getpass
 import sys
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from dicom_node.config import Settings
-from dicom_node.store import users
+from dicom_node.store import audit, users
 from dicom_node.store.db import create_engine, session_factory
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``users`` sub-command (with add/list/disable/passwd/token) to a CLI.
+    """Add the ``users`` sub-command (add/list/disable/passwd/unlock/token) to a CLI.
 
     Parameters
     ----------
@@ -38,14 +43,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list users")
 
-    disable = sub.add_parser("disable", help="disable a user and revoke their tokens")
+    disable = sub.add_parser(
+        "disable", help="disable a user, end their web sessions and revoke their tokens"
+    )
     disable.add_argument("username")
 
-    passwd = sub.add_parser("passwd", help="set a user's password")
+    passwd = sub.add_parser("passwd", help="set a user's password (ends their web sessions)")
     passwd.add_argument("username")
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
+
+    unlock = sub.add_parser(
+        "unlock", help="clear a user's login throttle (every address) in the running node"
+    )
+    unlock.add_argument("username")
 
     token = sub.add_parser("token", help="create an API token (printed once)")
     token.add_argument("username")
@@ -63,6 +75,29 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+def _os_login() -> str:
+    """Who ran the command, for the audit entry (``unknown`` when the system cannot say,
+    e.g. a container user without a passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _audit(
+    sessions: sessionmaker[Session], action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    with sessions() as session:
+        audit.record(
+            session,
+            f"cli:{_os_login()}",
+            action,
+            target,
+            client_address=audit.CLI_ADDRESS,
+            detail=detail,
+        )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Carry out a ``users`` action; returns the process exit code.
 
@@ -76,6 +111,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if action == "add":
             password = _read_password(args.password_stdin)
             users.add_user(sessions, args.username, password, args.role)
+            _audit(sessions, "user_add", args.username, {"role": args.role})
             print(f"user {args.username} added ({args.role})")
         elif action == "list":
             for user in users.list_users(sessions):
@@ -86,16 +122,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{user.username:<24} {user.role:<7} {state:<9} last login {last}")
         elif action == "disable":
             users.disable_user(sessions, args.username)
+            _audit(sessions, "user_disable", args.username)
             print(f"user {args.username} disabled")
         elif action == "passwd":
             users.set_password(sessions, args.username, _read_password(args.password_stdin))
-            print(f"password of {args.username} changed")
+            _audit(sessions, "user_passwd", args.username)
+            print(f"password of {args.username} changed; their web sessions ended")
+        elif action == "unlock":
+            users.unlock_logins(sessions, args.username)
+            _audit(sessions, "login_unlock", args.username)
+            print(f"login throttle of {args.username} cleared")
         elif action == "token":
             if args.revoke:
                 count = users.revoke_tokens(sessions, args.username)
+                _audit(sessions, "token_revoke", args.username, {"count": count})
                 print(f"{count} token(s) of {args.username} revoked")
             else:
-                print(users.create_token(sessions, args.username, args.name))
+                token = users.create_token(sessions, args.username, args.name)
+                _audit(sessions, "token_create", args.username, {"name": args.name[:64]})
+                print(token)
         else:  # pragma: no cover - argparse rejects other values
             print(f"unknown users action {action!r}", file=sys.stderr)
             return 2

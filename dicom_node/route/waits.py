@@ -78,3 +78,31 @@ def model_availability(settings: Settings) -> Callable[[str], bool]:
         return lambda _m: False
     available = {mid for mid, m in manifests.items() if m.weights_available()}
     return lambda model_id: model_id in available
+
+
+def route_model_status(
+    settings: Settings, available: Callable[[str], bool]
+) -> dict[str, dict[str, bool]]:
+    """The ``models`` part of the node's status: each model of an enabled route.
+
+    ``ok`` when its weights are there to load (workers load them in their own processes);
+    a model without weights is ``waiting_for_weights``, not failed: its routes wait, the
+    others work, and ``/healthz`` answers "degraded" (200) rather than taking the node out
+    of a load balancer. The embedded configuration routes seed models without weights, so
+    a fresh node is in that state.
+
+    Parameters
+    ----------
+    settings
+        The node's settings.
+    available
+        Whether a model's weights are there, e.g. :func:`model_availability`.
+    """
+    status: dict[str, dict[str, bool]] = {}
+    for route in settings.routes:
+        if not route.enabled:
+            continue
+        for model_id in route.models:
+            ok = available(model_id)
+            status[model_id] = {"ok": ok, "waiting_for_weights": not ok}
+    return status

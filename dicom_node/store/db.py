@@ -267,6 +267,14 @@ class Event(Base):
 
 
 class User(Base):
+    """An admin-page account (owner: ``dicom_node.store.users``).
+
+    ``session_epoch`` (migration 0004) is the server-side half of a web session: a cookie
+    is valid only while it carries the row's current epoch, and logout, a password change
+    or disabling the user increments it. ``login_unlocked_at`` is when an administrator
+    last cleared the user's login throttle.
+    """
+
     __tablename__ = "user_account"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -276,6 +284,8 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    login_unlocked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class ApiToken(Base):

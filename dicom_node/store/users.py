@@ -8,6 +8,7 @@ stolen database does not give the passwords away cheaply.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import secrets
@@ -15,7 +16,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import ApiToken, User, utcnow
@@ -93,26 +94,77 @@ def list_users(sessions: sessionmaker[Session]) -> list[User]:
 
 
 def disable_user(sessions: sessionmaker[Session], username: str) -> None:
-    """Deactivate a user and revoke their API tokens.
+    """Deactivate a user, end their web sessions and revoke their API tokens.
 
     Users are never deleted: audit entries name them, and a name must not be reused by
-    someone else while those entries exist. Open sessions end at their next request because
-    every request reloads the user (``dicom_node.web.auth``).
+    someone else while those entries exist. Open sessions end at their next request: every
+    request reloads the user (``dicom_node.web.auth``) and finds it inactive, with a new
+    session epoch.
     """
     with sessions() as session:
         user = _get(session, username)
         user.active = False
+        _bump_epoch(session, user.id)
         session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(revoked=True))
         session.commit()
 
 
 def set_password(sessions: sessionmaker[Session], username: str, password: str) -> None:
-    """Replace a password; open web sessions of the user end (their stamp no longer matches)."""
+    """Replace a password and end the user's web sessions.
+
+    A password is changed because it may be known to someone else, who may also hold a
+    session opened with it; the new session epoch refuses that session's cookie.
+    """
     _check_password(password)
     with sessions() as session:
         user = _get(session, username)
         user.password_hash = hash_password(password)
+        _bump_epoch(session, user.id)
         session.commit()
+
+
+def _bump_epoch(session: Session, user_id: int) -> None:
+    # One UPDATE with the increment in SQL: two ends at the same moment (logout in one
+    # browser, disable in a shell) both count, and neither reads a stale value.
+    session.execute(
+        update(User).where(User.id == user_id).values(session_epoch=User.session_epoch + 1)
+    )
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """End every web session of a user (logout): cookies issued before are refused.
+
+    The server keeps one number per user, not one row per session, so logging out in one
+    browser also logs the user out in the others. Commits.
+    """
+    _bump_epoch(session, user_id)
+    session.commit()
+
+
+def unlock_logins(sessions: sessionmaker[Session], username: str) -> None:
+    """Clear the user's login throttle from any process (``dicom-node users unlock``).
+
+    The throttle lives in the memory of the serving process; this records the time of the
+    unlock on the user row, and that process forgets the failures older than it at the
+    next refused attempt (``dicom_node.web.login``).
+    """
+    with sessions() as session:
+        user = _get(session, username)
+        user.login_unlocked_at = utcnow()
+        session.commit()
+
+
+def login_unlocked_at(session: Session, username: str) -> dt.datetime | None:
+    """When the user's login throttle was last cleared (None: never, or no such user).
+
+    Compared case-insensitively, like the throttle's keys: an unlock of ``alice`` also
+    frees attempts typed as ``Alice``.
+    """
+    times = session.scalars(
+        select(User.login_unlocked_at).where(func.lower(User.username) == username.lower())
+    )
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def authenticate(sessions: sessionmaker[Session], username: str, password: str) -> User | None:
@@ -140,8 +192,9 @@ def authenticate(sessions: sessionmaker[Session], username: str, password: str) 
 def session_stamp(user: User) -> str:
     """A short fingerprint of the password hash, kept in the web session.
 
-    When the password changes, the stamp changes and sessions opened with the old password
-    are refused: a password reset also logs out a stolen session.
+    When the password hash changes, the stamp changes and sessions opened with the old
+    password are refused. ``set_password`` also increments the session epoch; the stamp
+    covers a hash changed any other way (an operator's SQL, a rehash at login).
     """
     return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
 

@@ -18,13 +18,25 @@ Roles
 Audit
     Logins (successful, failed, rate-limited), logouts, every studies-list view with its
     filter, every study view (page and API), PDF downloads, exports and actions, with user,
-    UTC time and client address.
+    UTC time and client address; the ``dicom-node users`` changes (add, disable, passwd,
+    unlock, tokens) too, with client ``cli``.
 Sessions
     Signed cookie (Starlette ``SessionMiddleware``, itsdangerous), HttpOnly, SameSite=Strict,
-    ``Secure`` when ``[web] https_only``; the user row is re-read on every request, so
-    disabling a user or changing a password ends their sessions. The cookie is stateless:
-    logging out clears it in the browser, but a copy taken before stays valid until
-    ``session_max_age`` (default 8 h) unless the password is changed.
+    ``Secure`` when ``[web] https_only``, expiring after ``session_max_age`` (default 8 h).
+    The cookie is not enough on its own: it carries the user's session epoch, and the user
+    row is re-read on every request. Logout, a password change and disabling the user
+    increment the epoch, so a copy of the cookie taken before stops working at once. The
+    epoch is per user, not per session: logging out in one browser ends the user's other
+    sessions too (one number per user instead of a session table to clean up).
+Login throttle
+    Failures counted per (client address, username) pair and, with a higher limit, per
+    address, in memory with a bounded number of entries (``ratelimit``). Not per username:
+    that would let anyone lock a user out. ``dicom-node users unlock NAME`` clears a
+    user's pairs through the database (the CLI runs in another process).
+``/healthz``
+    Anonymous: ``ok`` / ``degraded`` / ``unhealthy`` and neutral booleans, from a cache of
+    ``health_cache_seconds``; details (paths, ports, models) for a user or token. Routes
+    waiting for model weights make it ``degraded`` (200), not ``unhealthy`` (503).
 ``/metrics``
     Counts only, no patient data: open without login when ``[web] host`` is a loopback
     address, otherwise it needs a bearer token or a session (``system``).

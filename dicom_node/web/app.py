@@ -106,10 +106,16 @@ def create_app(
         actions=actions if actions is not None else DefaultActions(sessions),
         status=status,
         templates=make_templates(),
-        limiter=LoginLimiter(web.login_rate_limit, web.login_rate_window),
+        pair_limiter=LoginLimiter(
+            web.login_rate_limit, web.login_rate_window, web.login_throttle_entries
+        ),
+        address_limiter=LoginLimiter(
+            web.login_address_limit, web.login_rate_window, web.login_throttle_entries
+        ),
         filters=FilterStore(max_age=web.session_max_age),
         latency=LatencyHistogram(),
         choices=TtlValue(60.0),
+        health=TtlValue(web.health_cache_seconds),
     )
     app.add_middleware(
         SessionMiddleware,

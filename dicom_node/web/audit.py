@@ -1,4 +1,4 @@
-"""Audit entries: who logged in, looked at which study, and did what, from where."""
+"""Audit entries of the web app: who logged in, looked at which study, and did what."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from dicom_node.store.db import AuditEntry
+from dicom_node.store.audit import record
 from dicom_node.web.auth import client_address
 
 
@@ -21,19 +21,17 @@ def audit(
     success: bool = True,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Write one audit entry and commit it.
+    """Write one audit entry with the request's client address and commit it.
 
     Committed on its own, before the response: a view is recorded even if rendering the page
     fails afterwards, and a failed action is recorded with ``success=False``.
     """
-    db.add(
-        AuditEntry(
-            username=username[:64],
-            action=action[:32],
-            target=target,
-            client_address=client_address(request)[:64],
-            success=success,
-            detail=detail or {},
-        )
+    record(
+        db,
+        username,
+        action,
+        target,
+        client_address=client_address(request),
+        success=success,
+        detail=detail,
     )
-    db.commit()

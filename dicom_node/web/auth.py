@@ -1,8 +1,11 @@
 """Who is asking: session users for the pages, session or bearer-token users for the API.
 
-The session cookie holds only the user id, a stamp of the password hash and the CSRF token;
-the user row is read again on every request, so disabling a user or changing a password
-ends their open sessions at once instead of when the cookie expires.
+The session cookie holds only the user id, the user's session epoch when it was issued, a
+stamp of the password hash and the CSRF token. The signed cookie alone proves nothing: the
+user row is read again on every request, and the cookie counts only while the row is
+active and still has that epoch and password. Logout, a password change and disabling the
+user increment the epoch (``dicom_node.store.users``), so a copy of the cookie taken before
+is refused at once instead of working until it expires.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dicom_node.web.context import get_db
 
 SESSION_USER = "uid"
 SESSION_STAMP = "stamp"
+SESSION_EPOCH = "epoch"
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,14 @@ def log_in(request: Request, user: User) -> None:
     request.session.clear()
     request.session[SESSION_USER] = user.id
     request.session[SESSION_STAMP] = users.session_stamp(user)
+    request.session[SESSION_EPOCH] = user.session_epoch
     csrf.ensure_token(request.session)
 
 
-def log_out(request: Request) -> None:
+def log_out(request: Request, db: Session, user: WebUser | None) -> None:
+    """End the session on the server (every cookie of the user) and clear it here."""
+    if user is not None:
+        users.end_sessions(db, user.id)
     request.session.clear()
 
 
@@ -69,6 +77,7 @@ def session_user(request: Request, db: Session) -> WebUser | None:
     if (
         user is None
         or not user.active
+        or request.session.get(SESSION_EPOCH) != user.session_epoch
         or request.session.get(SESSION_STAMP) != users.session_stamp(user)
     ):
         return None

@@ -18,6 +18,7 @@ from dicom_node.config import Settings
 from dicom_node.web.actions import WebActions
 from dicom_node.web.cache import TtlValue
 from dicom_node.web.filters import FilterStore
+from dicom_node.web.health import HealthReport
 from dicom_node.web.metrics import LatencyHistogram
 from dicom_node.web.ratelimit import LoginLimiter
 
@@ -31,11 +32,15 @@ class WebContext:
     actions: WebActions
     status: StatusFn | None
     templates: Jinja2Templates
-    limiter: LoginLimiter
+    # failed logins per (address, username) pair, and per address (see ``ratelimit``)
+    pair_limiter: LoginLimiter
+    address_limiter: LoginLimiter
     filters: FilterStore
     latency: LatencyHistogram
     # drop-down values of the studies filter (models, modalities, calling AEs), 60 s old at most
     choices: TtlValue[dict[str, list[str]]]
+    # the last /healthz answer, ``[web] health_cache_seconds`` old at most
+    health: TtlValue[HealthReport]
 
 
 def get_context(request: Request) -> WebContext:

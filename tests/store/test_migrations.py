@@ -1,4 +1,5 @@
-"""Migration 0003 upgrades an existing database, and the database refuses unknown states."""
+"""Migrations 0003 and 0004 upgrade an existing database; the database refuses unknown
+states."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
+from dicom_node.store import users
 from dicom_node.store.db import (
     Delivery,
     Job,
     Series,
+    User,
     create_engine,
     downgrade,
     make_engine,
@@ -125,4 +128,40 @@ def test_downgrade_to_0001_and_up_again(database_url: str) -> None:
     assert "api_token" in inspector.get_table_names()
     assert "ix_study_patient_name" in {i["name"] for i in inspector.get_indexes("study")}
     assert {c["name"] for c in inspector.get_check_constraints("job")} >= {"ck_job_state"}
+    engine.dispose()
+
+
+def test_0004_adds_session_epoch_to_existing_users(database_url: str) -> None:
+    """Users of a 0003 database keep their rows, start at epoch 0, and the web session check
+    works on them; the downgrade drops the two columns and keeps the users."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO user_account (id, username, password_hash, role, active,"
+                " created_at) VALUES (1, 'alice', 'hash', 'admin', :yes, :t)"
+            ),
+            {"yes": True, "t": NOW},
+        )
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        user = session.scalars(select(User)).one()
+        assert (user.username, user.role, user.session_epoch) == ("alice", "admin", 0)
+        assert user.login_unlocked_at is None
+        users.end_sessions(session, user.id)
+    users.unlock_logins(sessions, "alice")
+    with sessions() as session:
+        user = session.scalars(select(User)).one()
+        assert user.session_epoch == 1 and user.login_unlocked_at is not None
+
+    downgrade(engine, "0003")
+    columns = {c["name"] for c in inspect(engine).get_columns("user_account")}
+    assert "session_epoch" not in columns and "login_unlocked_at" not in columns
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT username FROM user_account")).scalar_one() == "alice"
+    upgrade(engine)
+    with sessions() as session:
+        assert session.scalars(select(User)).one().session_epoch == 0
     engine.dispose()

@@ -1,4 +1,4 @@
-"""Sessions, CSRF, login rate limiting, headers, and who may do what."""
+"""Sessions (ended on the server), CSRF, login throttling, headers, and who may do what."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
 from dicom_node.store import users
-from dicom_node.store.db import AuditEntry, Delivery, Setting
+from dicom_node.store.db import AuditEntry, Delivery, Setting, User
 from dicom_node.web import create_app
 from dicom_node.web.secret import SECRET_SETTING
 from tests.web.conftest import ADMIN, VIEWER, FixtureData, csrf_token, log_in
@@ -130,34 +130,55 @@ def test_api_with_session_needs_csrf_header(admin: TestClient, data: FixtureData
     assert response.json()["state"] == "pending"
 
 
-def test_rate_limit_per_username(client: TestClient, sessions: sessionmaker[Session]) -> None:
-    token = csrf_token(client, "/login")
-    for _ in range(5):
-        r = client.post(
-            "/login", data={"username": VIEWER[0], "password": "nope", "csrf_token": token}
-        )
-        assert r.status_code == 401
-    # the right password is refused too while the limit holds
-    r = client.post(
-        "/login", data={"username": VIEWER[0], "password": VIEWER[1], "csrf_token": token}
-    )
-    assert r.status_code == 429
-    assert "Too many failed logins" in r.text
+def _attempt(c: TestClient, token: str, username: str, password: str) -> int:
+    r = c.post("/login", data={"username": username, "password": password, "csrf_token": token})
+    return r.status_code
+
+
+def _from(app: FastAPI, address: str) -> TestClient:
+    """A client whose requests come from ``address`` (what uvicorn would put in scope)."""
+    return TestClient(app, follow_redirects=False, client=(address, 50000))
+
+
+def test_throttle_per_address_and_user_pair(app: FastAPI, sessions: sessionmaker[Session]) -> None:
+    """20 bad logins from A lock A out for that user only: the right password still works
+    from B, and from A for another user; `users unlock` clears A."""
+    with _from(app, "10.0.0.1") as a, _from(app, "10.0.0.2") as b:
+        token_a, token_b = csrf_token(a, "/login"), csrf_token(b, "/login")
+        codes = [_attempt(a, token_a, VIEWER[0], f"guess-{i}") for i in range(20)]
+        assert codes == [401] * 5 + [429] * 15  # login_rate_limit = 5 in the tests
+        # locked from A, even with the right password (so guessing stays slow) ...
+        assert _attempt(a, token_a, VIEWER[0], VIEWER[1]) == 429
+        # ... and the case of the name buys no more attempts
+        assert _attempt(a, token_a, VIEWER[0].upper(), VIEWER[1]) == 429
+        # not from B: the attacker at A cannot lock victor out of his own machine
+        assert _attempt(b, token_b, VIEWER[0], VIEWER[1]) == 303
+        # A is not locked for other users (5 failures are far below the address limit)
+        with _from(app, "10.0.0.1") as a2:
+            assert _attempt(a2, csrf_token(a2, "/login"), ADMIN[0], ADMIN[1]) == 303
+
+        users.unlock_logins(sessions, VIEWER[0])  # what `dicom-node users unlock` does
+        assert _attempt(a, token_a, VIEWER[0], "still-wrong") == 401
+        assert _attempt(a, token_a, VIEWER[0], VIEWER[1]) == 303
     limited = [e for e in _audit(sessions, "login") if e.detail.get("reason") == "rate limited"]
-    assert len(limited) == 1
+    assert len(limited) == 17 and {e.client_address for e in limited} == {"10.0.0.1"}
 
 
-def test_rate_limit_per_address(app: FastAPI) -> None:
-    """Many usernames from one address: the address is blocked, for every username."""
-    with TestClient(app, follow_redirects=False) as c:
+def test_throttle_per_address_stops_spraying(
+    settings: Settings, sessions: sessionmaker[Session], accounts: None
+) -> None:
+    """Many usernames from one address: after login_address_limit failures the address is
+    blocked for every username, another address is not."""
+    spraying = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"login_address_limit": 8})}
+    )
+    app = create_app(spraying, sessions)
+    with _from(app, "10.0.0.9") as c, _from(app, "10.0.0.10") as other:
         token = csrf_token(c, "/login")
-        for i in range(5):
-            r = c.post(
-                "/login", data={"username": f"guess{i}", "password": "x", "csrf_token": token}
-            )
-            assert r.status_code == 401
-        r = c.post("/login", data={"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token})
-        assert r.status_code == 429
+        codes = [_attempt(c, token, f"guess{i}", "password-1") for i in range(10)]
+        assert codes == [401] * 8 + [429] * 2
+        assert _attempt(c, token, ADMIN[0], ADMIN[1]) == 429
+        assert _attempt(other, csrf_token(other, "/login"), ADMIN[0], ADMIN[1]) == 303
 
 
 def test_viewer_cannot_act(
@@ -188,23 +209,79 @@ def test_viewer_cannot_act(
     assert all(e.username == "victor" and not e.success for e in refused)
 
 
-def test_disabled_user_loses_session(admin: TestClient, sessions: sessionmaker[Session]) -> None:
+def _replay(app: FastAPI, cookie: str) -> TestClient:
+    """A fresh client holding a copy of a session cookie (what a thief would have)."""
+    c = TestClient(app, follow_redirects=False)
+    c.cookies.set("dicom_node_session", cookie)
+    return c
+
+
+def _captured(client: TestClient) -> str:
+    cookie = client.cookies.get("dicom_node_session")
+    assert cookie
+    return cookie
+
+
+def _refused(app: FastAPI, cookie: str) -> None:
+    with _replay(app, cookie) as c:
+        page = c.get("/studies")
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        assert c.get("/api/me").status_code == 401
+        assert c.get("/healthz").json().get("details") is None
+
+
+def test_cookie_copied_before_logout_is_refused_after(
+    app: FastAPI, admin: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    cookie = _captured(admin)
+    with _replay(app, cookie) as thief:
+        assert thief.get("/studies").status_code == 200  # a copy works while logged in
+    assert admin.post("/logout", data={"csrf_token": csrf_token(admin)}).status_code == 303
+    assert admin.get("/studies").status_code == 303
+    _refused(app, cookie)
+    assert [e.username for e in _audit(sessions, "logout")] == ["alice"]
+    # a new login works and gets a cookie of the new epoch
+    log_in(admin, *ADMIN)
     assert admin.get("/studies").status_code == 200
+
+
+def test_disable_ends_sessions_and_tokens(
+    app: FastAPI, admin: TestClient, admin_token: str, sessions: sessionmaker[Session]
+) -> None:
+    cookie = _captured(admin)
+    bearer = {"Authorization": f"Bearer {admin_token}"}
+    assert admin.get("/api/me", headers=bearer).status_code == 200
     users.disable_user(sessions, ADMIN[0])
     assert admin.get("/studies").status_code == 303
+    _refused(app, cookie)
+    with TestClient(app) as c:
+        assert c.get("/api/me", headers=bearer).status_code == 401
+        assert c.get("/api/studies", headers=bearer).status_code == 401
 
 
-def test_password_change_ends_sessions(viewer: TestClient, sessions: sessionmaker[Session]) -> None:
+def test_password_change_ends_sessions(
+    app: FastAPI, viewer: TestClient, viewer_token: str, sessions: sessionmaker[Session]
+) -> None:
+    cookie = _captured(viewer)
     assert viewer.get("/studies").status_code == 200
     users.set_password(sessions, VIEWER[0], "a-new-password")
     assert viewer.get("/studies").status_code == 303
+    _refused(app, cookie)
+    # API tokens are separate credentials: a password change keeps them
+    with TestClient(app) as c:
+        me = c.get("/api/me", headers={"Authorization": f"Bearer {viewer_token}"})
+        assert me.status_code == 200
 
 
-def test_logout(admin: TestClient, sessions: sessionmaker[Session]) -> None:
-    token = csrf_token(admin)
-    assert admin.post("/logout", data={"csrf_token": token}).status_code == 303
-    assert admin.get("/studies").status_code == 303
-    assert [e.username for e in _audit(sessions, "logout")] == ["alice"]
+def test_session_epoch_is_checked_not_just_the_signature(
+    app: FastAPI, admin: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    """A validly signed cookie of an older epoch is refused (the server-side record wins)."""
+    cookie = _captured(admin)
+    with sessions() as session:
+        user = session.scalars(select(User).where(User.username == ADMIN[0])).one()
+        users.end_sessions(session, user.id)
+    _refused(app, cookie)
 
 
 def test_forged_cookie_is_ignored(app: FastAPI) -> None:

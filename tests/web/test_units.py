@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from pydicom import dcmread
 
 from dicom_node.web.filters import FilterStore, StudyFilter
-from dicom_node.web.ratelimit import LoginLimiter
+from dicom_node.web.ratelimit import LoginLimiter, pair_key
 from dicom_node.web.render import gradcam_png, pdf_bytes, read_sr, slice_plot_svg, sr_tree
 from tests.web.conftest import PDF, write_heatmap, write_pdf, write_sc, write_sr
 
@@ -23,16 +24,48 @@ class FakeClock:
 def test_limiter_window_slides() -> None:
     clock = FakeClock()
     limiter = LoginLimiter(limit=3, window=60, clock=clock)
+    a, b = pair_key("10.0.0.1", "alice"), pair_key("10.0.0.2", "alice")
     for _ in range(3):
-        assert not limiter.blocked(["ip:a"])
-        limiter.failure(["ip:a", "user:x"])
-    assert limiter.blocked(["ip:a"]) and limiter.blocked(["user:x", "ip:b"])
-    assert not limiter.blocked(["ip:b"])
+        assert not limiter.blocked(a)
+        limiter.failure(a)
+    assert limiter.blocked(a)
+    assert limiter.blocked(pair_key("10.0.0.1", "ALICE"))  # case does not buy attempts
+    assert not limiter.blocked(b)
     clock.now += 61
-    assert not limiter.blocked(["ip:a"])
-    limiter.failure(["user:y"])
-    limiter.reset("user:y")
-    assert not limiter.blocked(["user:y"])
+    assert not limiter.blocked(a)
+    limiter.failure(b)
+    limiter.reset(b)
+    assert not limiter.blocked(b)
+
+
+def test_limiter_memory_is_bounded() -> None:
+    """20,000 made-up pairs, 5 failures each: at most max_keys keys of at most limit times."""
+    limiter = LoginLimiter(limit=3, window=60, max_keys=500, clock=FakeClock())
+    for i in range(20_000):
+        for _ in range(5):
+            limiter.failure(pair_key("10.0.0.1", f"user{i}"))
+    assert len(limiter) == 500
+    assert max(len(times) for times in limiter._failures.values()) == 3
+    # the most recently failing pairs are the ones kept
+    assert limiter.blocked(pair_key("10.0.0.1", "user19999"))
+    assert not limiter.blocked(pair_key("10.0.0.1", "user0"))
+
+
+def test_limiter_forget_before_unlock_time() -> None:
+    """An unlock drops the failures up to its time; failures after it still count."""
+    wall = [dt.datetime(2026, 1, 1, 12, 0, 0)]
+    limiter = LoginLimiter(limit=3, window=600, clock=FakeClock(), wall=lambda: wall[0])
+    key = pair_key("10.0.0.1", "alice")
+    for _ in range(3):
+        limiter.failure(key)
+        wall[0] += dt.timedelta(seconds=1)
+    assert limiter.blocked(key)
+    assert limiter.forget_before(key, dt.datetime(2026, 1, 1, 12, 0, 1)) == 2
+    assert not limiter.blocked(key)
+    limiter.failure(key)
+    limiter.failure(key)
+    assert limiter.blocked(key)
+    assert limiter.forget_before(key, wall[0]) == 3 and len(limiter) == 0
 
 
 def test_filter_store_keys_and_expiry() -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.commands import users as users_command
 from dicom_node.config import Settings
 from dicom_node.store import users
-from dicom_node.store.db import ApiToken, User, create_engine, session_factory
+from dicom_node.store.db import ApiToken, AuditEntry, User, create_engine, session_factory
 from tests.web.conftest import make_settings
 
 
@@ -58,6 +58,8 @@ def test_duplicate_disable_and_passwd(sessions: sessionmaker[Session]) -> None:
         assert session.scalars(select(ApiToken)).one().revoked
     with pytest.raises(users.UserError, match="disabled"):
         users.create_token(sessions, "carol")
+    with sessions() as session:
+        assert session.scalars(select(User)).one().session_epoch == 2  # passwd, disable
     with pytest.raises(users.UserError, match="no user"):
         users.disable_user(sessions, "dave")
     assert [u.username for u in users.list_users(sessions)] == ["carol"]
@@ -124,9 +126,34 @@ def test_cli(
     assert users.authenticate(sessions, "erin", "other-pass") is not None
     assert _run(cli_settings, ["users", "token", "erin", "--revoke"]) == 0
     assert "1 token(s) of erin revoked" in capsys.readouterr().out
+    assert _run(cli_settings, ["users", "unlock", "erin"]) == 0
+    assert "login throttle of erin cleared" in capsys.readouterr().out
+    with sessions() as session:
+        unlocked = users.login_unlocked_at(session, "ERIN")  # throttle keys ignore case
+        assert unlocked is not None
     assert _run(cli_settings, ["users", "disable", "erin"]) == 0
     assert users.authenticate(sessions, "erin", "other-pass") is None
     assert _run(cli_settings, ["users", "disable", "nobody"]) == 1
+    assert _run(cli_settings, ["users", "unlock", "nobody"]) == 1
+    assert "no user 'nobody'" in capsys.readouterr().err
+    # every change is audited, by the OS login that ran it, from "cli"; failures change
+    # nothing and are not
+    with sessions() as session:
+        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+    assert [(e.action, e.target) for e in entries] == [
+        ("user_add", "erin"),
+        ("token_create", "erin"),
+        ("user_passwd", "erin"),
+        ("token_revoke", "erin"),
+        ("login_unlock", "erin"),
+        ("user_disable", "erin"),
+    ]
+    assert {e.client_address for e in entries} == {"cli"}
+    assert all(e.username.startswith("cli:") and e.success for e in entries)
+    assert entries[3].detail == {"count": 1}
+    with sessions() as session:
+        erin = session.scalars(select(User)).one()
+        assert erin.session_epoch == 2  # passwd and disable each ended the sessions
 
 
 def test_cli_password_prompt_mismatch(
