@@ -44,9 +44,16 @@ class Node:
         self.engine: Engine = create_engine(settings.database_url)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(settings.spool_dir)
-        self.scp = StoreSCP(settings, self.sessions, self.spool)
         self.model_available = model_availability(settings)
         self.completion = CompletionThread(self.sessions, settings, self.model_available)
+        # A clean release from a sender that sends whole series ends them (per-sender
+        # completion policy); the receiver only reports it, the route stage decides.
+        self.scp = StoreSCP(
+            settings,
+            self.sessions,
+            self.spool,
+            on_released=self.completion.association_released,
+        )
         self.deliverer = Deliverer(settings, self.sessions)
         self.delivery = DeliveryThread(self.deliverer)
         self._models = models
