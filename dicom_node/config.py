@@ -66,6 +66,8 @@ class ScpSettings(_Strict):
     require_called_ae: bool = True
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     network_timeout: float = Field(60, gt=0)
+    # A deflated dataset inflating past this is refused with 0xC210 (a decompression bomb).
+    max_inflated_size: int = Field(256 * 1024 * 1024, ge=1024)
 
     @field_validator("allowed_calling_aes")
     @classmethod
@@ -103,6 +105,10 @@ class WorkerSettings(_Strict):
     processes: int = Field(1, ge=0, le=16)
     inference_threads: int = Field(1, ge=1, le=64)
     poll_interval: float = Field(0.5, gt=0)
+    # Hostile-input bounds of pixel decoding (inference.pixels.PixelLimits), checked on the
+    # DICOM header and on each compressed frame's own header before anything is decoded.
+    max_frame_pixels: int = Field(40_000_000, ge=1)
+    max_frames: int = Field(5000, ge=1)
 
 
 class ModelSettings(_Strict):
@@ -119,6 +125,9 @@ class Destination(_Strict):
     backoff_max: float = Field(600, ge=0)
     sr_class: Literal["comprehensive3d", "comprehensive", "enhanced"] = "comprehensive3d"
     timeout: float = Field(30, gt=0)
+    # Associations to this destination at once; each destination has its own, so a dead
+    # one never delays the others.
+    concurrency: int = Field(1, ge=1, le=16)
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from dicom_node.config import Settings
 from dicom_node.dispatch.delivery import Deliverer, DeliveryThread
-from dicom_node.process.runner import requeue_interrupted
+from dicom_node.process.queue import requeue_interrupted
 from dicom_node.process.worker import InProcessWorker, model_cache, worker_main
 from dicom_node.receive.reconcile import reconcile_spool
 from dicom_node.receive.scp import StoreSCP

@@ -22,6 +22,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
+import pydicom.encaps
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -39,6 +40,28 @@ class PixelError(ValueError):
     The message says why in words a job history can show (no pixel data, 1-bit image,
     truncated pixel data, ...).
     """
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """What a worker agrees to decode, checked before any pixel is decoded.
+
+    A hostile or broken sender can claim any geometry: a 4 KB JPEG whose header says
+    12000 x 12000 made a decoder allocate 11 GB and a 546 MB Secondary Capture. The
+    geometry claimed by the DICOM header *and* by every compressed frame's own header is
+    compared with these bounds (and with each other) first.
+
+    Parameters
+    ----------
+    max_frame_pixels
+        Rows x Columns x Samples per Pixel of one frame (40 M: a 6300 x 6300 grayscale
+        or 3650 x 3650 RGB image; the largest mammograms are about 22 M).
+    max_frames
+        Frames of one instance.
+    """
+
+    max_frame_pixels: int = 40_000_000
+    max_frames: int = 5000
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,7 @@ def is_inverted(ds: Dataset) -> bool:
     return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
-def check_decodable(ds: Dataset) -> None:
+def check_decodable(ds: Dataset, limits: PixelLimits | None = None) -> None:
     """Raise :class:`PixelError` if the dataset is not an image a model can read.
 
     Parameters
@@ -124,8 +147,10 @@ def check_decodable(ds: Dataset) -> None:
     PixelError
         When there is no pixel data (e.g. an SR or a presentation state), when the image
         is a 1-bit bitmap (segmentations, overlays), float pixel data (parametric maps)
-        or an unknown photometric interpretation.
+        or an unknown photometric interpretation, or when the claimed size is over
+        ``limits`` (default :class:`PixelLimits`).
     """
+    limits = limits or PixelLimits()
     sop_class = ds.get("SOPClassUID")
     sop_name = getattr(sop_class, "name", str(sop_class)) if sop_class else "unknown SOP class"
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -144,9 +169,138 @@ def check_decodable(ds: Dataset) -> None:
     for keyword in ("Rows", "Columns"):
         if not ds.get(keyword):
             raise PixelError(f"{sop_name}: {keyword} is missing or zero")
+    check_geometry(ds, limits)
 
 
-def decode_frame(ds: Dataset, index: int = 0, *, window: WindowChoice = "file") -> FloatImage:
+def check_geometry(ds: Dataset, limits: PixelLimits) -> None:
+    """Raise :class:`PixelError` when the claimed image size is over ``limits``."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = number_of_frames(ds)
+    if rows * columns * samples > limits.max_frame_pixels:
+        raise PixelError(
+            f"image of {rows} x {columns} x {samples} samples is over the limit of "
+            f"{limits.max_frame_pixels} values per frame (workers.max_frame_pixels)"
+        )
+    if frames > limits.max_frames:
+        raise PixelError(
+            f"{frames} frames is over the limit of {limits.max_frames} (workers.max_frames)"
+        )
+
+
+# Compressed transfer syntaxes whose frames carry their own size in a header.
+_JPEG_FAMILY = {
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+}
+_J2K_FAMILY = {
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+}
+# Start-of-frame markers: SOF0-3, 5-7, 9-11, 13-15 (JPEG) and SOF55 (JPEG-LS).
+_SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)}
+_SOF_MARKERS.add(0xF7)
+_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
+
+
+def codestream_size(syntax: str, frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a compressed frame's own header claims, if it has one.
+
+    Reads only the header: the JPEG / JPEG-LS start-of-frame segment, or the JPEG 2000
+    SIZ segment (Xsiz - XOsiz by Ysiz - YOsiz).
+
+    Raises
+    ------
+    PixelError
+        When the frame has no such header where its transfer syntax says it must.
+    """
+    if syntax in _JPEG_FAMILY:
+        if frame[:2] != b"\xff\xd8":
+            raise PixelError("a JPEG frame does not start with SOI: corrupt codestream")
+        at = 2
+        while at + 4 <= len(frame):
+            if frame[at] != 0xFF:
+                raise PixelError(f"a JPEG frame has no marker at byte {at}: corrupt codestream")
+            marker = frame[at + 1]
+            if marker == 0xFF:  # fill byte
+                at += 1
+                continue
+            if marker in _NO_LENGTH:
+                at += 2
+                continue
+            length = int.from_bytes(frame[at + 2 : at + 4], "big")
+            if marker in _SOF_MARKERS:
+                header = frame[at + 4 : at + 2 + length]
+                if len(header) < 6:
+                    break
+                rows = int.from_bytes(header[1:3], "big")
+                columns = int.from_bytes(header[3:5], "big")
+                return rows, columns, header[5]
+            if marker == 0xDA:  # start of scan before any frame header
+                break
+            at += 2 + length
+        raise PixelError("a JPEG frame has no frame header (SOF): corrupt codestream")
+    if syntax in _J2K_FAMILY:
+        at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC then SIZ (raw or in a JP2 box)
+        if at < 0 or at + 42 > len(frame):
+            raise PixelError("a JPEG 2000 frame has no SIZ header: corrupt codestream")
+        siz = frame[at + 4 : at + 42]
+        xsiz, ysiz, xosiz, yosiz = (int.from_bytes(siz[i : i + 4], "big") for i in (4, 8, 12, 16))
+        components = int.from_bytes(siz[36:38], "big")
+        return ysiz - yosiz, xsiz - xosiz, components
+    return None
+
+
+def check_codestream(ds: Dataset, index: int, limits: PixelLimits) -> None:
+    """Check one compressed frame's header and end before a decoder sees it.
+
+    A frame whose own header claims another size than Rows / Columns, or more than
+    ``limits``, is refused; so is a JPEG or JPEG 2000 frame that does not end with its
+    end-of-image marker (EOI / EOC, both FFD9): decoders return a partial image for a cut
+    codestream without complaint, and a model would then classify garbage.
+    """
+    syntax = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
+    if syntax not in _JPEG_FAMILY | _J2K_FAMILY:
+        return
+    try:
+        frame = pydicom.encaps.get_frame(ds.PixelData, index, number_of_frames=number_of_frames(ds))
+    except Exception as exc:  # pydicom raises ValueError and others on broken fragments
+        raise PixelError(f"frame {index + 1}: encapsulated pixel data is broken ({exc})") from exc
+    claimed = codestream_size(syntax, frame)
+    if claimed is not None:
+        rows, columns, components = claimed
+        if rows * columns * max(components, 1) > limits.max_frame_pixels:
+            raise PixelError(
+                f"frame {index + 1}: its codestream claims {rows} x {columns} x {components}, "
+                f"over the limit of {limits.max_frame_pixels} values (workers.max_frame_pixels)"
+            )
+        if (rows, columns) != (int(ds.Rows), int(ds.Columns)) and rows and columns:
+            raise PixelError(
+                f"frame {index + 1}: its codestream claims {rows} x {columns} but the "
+                f"dataset says {int(ds.Rows)} x {int(ds.Columns)}"
+            )
+    # Writers pad a frame to an even length with 0x00 or 0xFF after the marker.
+    if b"\xff\xd9" not in frame[-4:].rstrip(b"\x00"):
+        raise PixelError(
+            f"frame {index + 1}: the codestream does not end with its end-of-image marker "
+            "(truncated or corrupt)"
+        )
+
+
+def decode_frame(
+    ds: Dataset,
+    index: int = 0,
+    *,
+    window: WindowChoice = "file",
+    limits: PixelLimits | None = None,
+) -> FloatImage:
     """Decode one frame to a display-correct float32 image in 0..1.
 
     Parameters
@@ -159,6 +313,8 @@ def decode_frame(ds: Dataset, index: int = 0, *, window: WindowChoice = "file") 
         0-based frame index.
     window
         Which VOI transform to use for grayscale images (ignored for colour).
+    limits
+        What may be decoded (default :class:`PixelLimits`); checked before decoding.
 
     Returns
     -------
@@ -171,10 +327,12 @@ def decode_frame(ds: Dataset, index: int = 0, *, window: WindowChoice = "file") 
     PixelError
         When the dataset has no usable pixel data or its pixel data cannot be decoded.
     """
-    check_decodable(ds)
+    limits = limits or PixelLimits()
+    check_decodable(ds, limits)
     frames = number_of_frames(ds)
     if not 0 <= index < frames:
         raise PixelError(f"frame index {index} out of range (the object has {frames} frames)")
+    check_codestream(ds, index, limits)
     image = _as_highdicom_image(ds)
     photometric = str(ds.PhotometricInterpretation).strip()
     try:

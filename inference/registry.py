@@ -117,10 +117,20 @@ class LoadedModel:
     load_seconds
         Time taken to load and warm up; reported once, in the first prediction's
         ``timings["load"]`` (later predictions report 0: the model is already warm).
+    limits
+        What images it agrees to decode (:class:`inference.pixels.PixelLimits`).
     """
 
-    def __init__(self, manifest: ModelManifest, backend: Backend, *, load_seconds: float) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        backend: Backend,
+        *,
+        load_seconds: float,
+        limits: pixels.PixelLimits | None = None,
+    ) -> None:
         self.manifest = manifest
+        self.limits = limits or pixels.PixelLimits()
         self.backend = backend
         self.info = manifest.info
         self.load_seconds = load_seconds
@@ -185,6 +195,7 @@ class LoadedModel:
                 ref.dataset,
                 ref.index,
                 window=spec.preprocessing.window.for_modality(ref.dataset.get("Modality")),
+                limits=self.limits,
             )
             for ref in refs
         ]
@@ -333,6 +344,8 @@ class ModelCache:
         From :func:`load_manifests`.
     threads, inter_op_threads
         Passed to :func:`load_model`.
+    limits
+        What the loaded models agree to decode (:class:`inference.pixels.PixelLimits`).
     """
 
     def __init__(
@@ -341,8 +354,10 @@ class ModelCache:
         *,
         threads: int | None = None,
         inter_op_threads: int | None = None,
+        limits: pixels.PixelLimits | None = None,
     ) -> None:
         self.manifests = dict(manifests)
+        self.limits = limits
         self.threads = threads
         self.inter_op_threads = inter_op_threads
         self._models: dict[str, LoadedModel] = {}
@@ -361,9 +376,12 @@ class ModelCache:
         with self._lock:
             if model_id not in self._models:
                 manifest = self.manifests[model_id]
-                self._models[model_id] = load_model(
+                model = load_model(
                     manifest, threads=self.threads, inter_op_threads=self.inter_op_threads
                 )
+                if self.limits is not None:
+                    model.limits = self.limits
+                self._models[model_id] = model
             return self._models[model_id]
 
     def loaded(self) -> list[str]:

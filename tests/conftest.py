@@ -12,9 +12,13 @@ from typing import Any
 import pytest
 
 from dicom_node.config import Settings, load_settings
+from dicom_node.receive.pynetdicom_ext import configure_pydicom
 from tests.peers import free_port
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests read DICOM with the settings of the receiver and the workers, whether or not a
+# test has started a receiver yet.
+configure_pydicom()
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DICOM_NODE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

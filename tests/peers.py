@@ -197,8 +197,13 @@ def pynetdicom_send(
     aet: str = "PYSCU",
     aec: str = "DICOM_NODE",
     chunked: bool = True,
+    max_pdu: int | None = None,
 ) -> list[int]:
-    """Send with pynetdicom; chunked sending transmits the file's bytes exactly as stored."""
+    """Send with pynetdicom; chunked sending transmits the file's bytes exactly as stored.
+
+    ``max_pdu`` is the largest PDU we accept (pynetdicom's default if None): a small one
+    makes the receiver fragment its responses.
+    """
     ae = AE(ae_title=aet)
     for item in paths_or_datasets:
         ds = pydicom.dcmread(item, stop_before_pixels=True) if isinstance(item, Path) else item
@@ -210,7 +215,9 @@ def pynetdicom_send(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = chunked
     try:
-        assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+        # A requestor's limit is associate()'s argument, not the AE's maximum_pdu_size.
+        limit = {} if max_pdu is None else {"max_pdu": max_pdu}
+        assoc = ae.associate("127.0.0.1", port, ae_title=aec, **limit)
         assert assoc.is_established, "association with the node failed"
         statuses = []
         for item in paths_or_datasets:

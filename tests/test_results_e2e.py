@@ -37,7 +37,7 @@ from dicom_node.demo.studymaker import make_chest_study, pneumonia_package_pictu
 from dicom_node.dispatch.sender import send_paths
 from dicom_node.identity import MANUFACTURER
 from dicom_node.node import Node
-from dicom_node.process.runner import requeue_interrupted
+from dicom_node.process.queue import requeue_interrupted
 from dicom_node.store.db import Delivery, Event, Job, Result, Series
 from inference.types import PRIVATE_SCHEME
 from tests.conftest import NodeHandle, make_settings

@@ -18,6 +18,7 @@ from dicom_node.store.db import (
     create_engine,
     session_factory,
 )
+from dicom_node.store.states import DeliveryState, JobState
 
 
 def print_status(settings: Settings, *, failures: int = 10) -> int:
@@ -39,7 +40,7 @@ def print_status(settings: Settings, *, failures: int = 10) -> int:
         failed_jobs = session.execute(
             select(Job.id, Job.route_name, Job.finished_at, Job.error, Series.series_uid)
             .join(Series, Series.id == Job.series_id)
-            .where(Job.state == "failed")
+            .where(Job.state == JobState.FAILED)
             .order_by(Job.finished_at.desc())
             .limit(failures)
         ).all()
@@ -56,7 +57,7 @@ def print_status(settings: Settings, *, failures: int = 10) -> int:
                 Delivery.attempts,
                 Delivery.last_error,
             )
-            .where(Delivery.state == "failed")
+            .where(Delivery.state == DeliveryState.FAILED)
             .order_by(Delivery.id.desc())
             .limit(failures)
         ).all()

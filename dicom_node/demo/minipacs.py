@@ -115,13 +115,19 @@ class BuiltinPacs:
         TCP port to listen on (127.0.0.1 only: the demo is local).
     ae_title
         Our AE title (any called AE title is accepted, like most PACS in test setups).
+    maximum_pdu_size
+        The largest PDU we accept (0: no limit, fastest); a small one makes senders cut
+        each dataset into many P-DATA fragments, as some modalities do.
     """
 
-    def __init__(self, folder: Path, port: int, ae_title: str = "DEMO_PACS") -> None:
+    def __init__(
+        self, folder: Path, port: int, ae_title: str = "DEMO_PACS", *, maximum_pdu_size: int = 0
+    ) -> None:
         self.folder = folder
         self.host = "127.0.0.1"
         self.port = port
         self.ae_title = ae_title
+        self.maximum_pdu_size = maximum_pdu_size
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -134,7 +140,7 @@ class BuiltinPacs:
         """Start listening; returns self for chaining."""
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_pdu_size = 0
+        ae.maximum_pdu_size = self.maximum_pdu_size
         # All storage SOP classes: the node sends SR, SC and PDF objects, and a PACS that
         # refused one would make that delivery fail for a reason that is not the node's.
         for sop_class in storage_sop_classes():
@@ -164,14 +170,10 @@ class BuiltinPacs:
         target = self.folder / study_uid / f"{sop_uid}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
-        incoming = getattr(event.request, "_dataset_file", None)
-        if getattr(incoming, "error", None) is not None:
-            # The node's SCP, in the same process, streams every C-STORE to a spool file
-            # (a process-wide pynetdicom setting) and remembers write errors there.
-            return _OUT_OF_RESOURCES
         if _chunked(event):
-            if incoming is not None and hasattr(incoming, "sync"):
-                incoming.sync()
+            # A node in the same process switches pynetdicom to streaming datasets to a
+            # file; our associations get pynetdicom's own temporary file (the node's spool
+            # files go to the node's associations only), flushed after every fragment.
             shutil.copyfile(event.dataset_path, partial)
         else:
             partial.write_bytes(event.encoded_dataset(include_meta=True))

@@ -49,6 +49,7 @@ from dicom_node.demo.minipacs import (
 )
 from dicom_node.identity import NOT_FOR_DIAGNOSTIC_USE
 from dicom_node.store.db import Delivery, Job, Result, Series, Study
+from dicom_node.store.states import OPEN_JOB_STATES, DeliveryState, SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ Print = Callable[[str], None]
 # The pretend PACS's AE title when the demo itself sends the studies (built-in receiver).
 DEMO_SENDER_AE = "DEMO_PACS"
 # Series states after which the node does nothing more with a series (``db.Series``).
-_FINAL_SERIES_STATES = frozenset({"unrouted", "ignored"})
-_OPEN_JOB_STATES = frozenset({"queued", "running"})
+_FINAL_SERIES_STATES = frozenset({SeriesState.UNROUTED, SeriesState.IGNORED})
 # How result kinds are named in the table, in the order they are listed.
 _KIND_LABELS = {"sr": "SR", "sc": "SC", "pdf": "PDF", "forward": "copy"}
 
@@ -318,14 +318,16 @@ def series_finished(session: Session, series_uid: str) -> bool:
         return False
     if series.state in _FINAL_SERIES_STATES:
         return True
-    if series.state != "routed":
+    if series.state != SeriesState.ROUTED:
         return False
     jobs = _current_jobs(session, series)
-    if not jobs or any(job.state in _OPEN_JOB_STATES for job in jobs):
+    if not jobs or any(job.state in OPEN_JOB_STATES for job in jobs):
         return False
     pending = session.scalar(
         select(Delivery.id)
-        .where(Delivery.job_id.in_([job.id for job in jobs]), Delivery.state == "pending")
+        .where(
+            Delivery.job_id.in_([job.id for job in jobs]), Delivery.state == DeliveryState.PENDING
+        )
         .limit(1)
     )
     return pending is None
@@ -370,7 +372,9 @@ def _delivery_summary(session: Session, job: Job) -> tuple[dt.datetime | None, i
     """(when the last object of a job was delivered, how many deliveries failed)."""
     rows = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()
     delivered = [row.delivered_at for row in rows if row.delivered_at is not None]
-    return (max(delivered) if delivered else None), sum(row.state == "failed" for row in rows)
+    return (max(delivered) if delivered else None), sum(
+        row.state == DeliveryState.FAILED for row in rows
+    )
 
 
 def _job_rows(session: Session, base: DemoRow, series: Series, pacs: LocalPacs) -> list[DemoRow]:
@@ -429,7 +433,7 @@ def collect_rows(
                 route="-",
                 label=item.label,
             )
-            if series.state == "routed":
+            if series.state == SeriesState.ROUTED:
                 rows.extend(_job_rows(session, base, series, pacs))
             else:
                 rows.append(_replace(base, route=series.state))

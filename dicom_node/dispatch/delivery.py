@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.config import Destination, Settings
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
+from dicom_node.store.states import DeliveryState, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def ensure_delivery(
         )
     )
     if row is not None:
-        if row.state == "failed":
-            row.state = "pending"
+        if row.state == DeliveryState.FAILED:
+            row.state = DeliveryState.PENDING
             row.next_attempt_at = utcnow()
             row.path = str(path)
         return row, False
@@ -87,13 +88,50 @@ def ensure_delivery(
         sop_instance_uid=sop_instance_uid,
         study_uid=study_uid,
         path=str(path),
-        state="pending",
+        state=DeliveryState.PENDING,
         attempts=0,
         next_attempt_at=utcnow(),
     )
     session.add(row)
     session.flush()
     return row, True
+
+
+class DeliveryError(ValueError):
+    """A request this module cannot honour (unknown delivery, one that has not failed)."""
+
+
+def retry_failed(session: Session, delivery_id: int, *, requested_by: str) -> Delivery:
+    """Put a failed delivery back in the queue, due now; the caller's session commits.
+
+    The attempt count and the last error are kept (the history of what failed stays
+    visible); the delivery loop makes one more attempt, and the event says who asked.
+
+    Raises
+    ------
+    DeliveryError
+        Unknown delivery, or one that has not failed.
+    """
+    row = session.get(Delivery, delivery_id)
+    if row is None:
+        raise DeliveryError(f"unknown delivery {delivery_id}")
+    if row.state != DeliveryState.FAILED:
+        raise DeliveryError(f"delivery {delivery_id} is {row.state}, not failed")
+    row.state = DeliveryState.PENDING
+    row.next_attempt_at = utcnow()
+    history.record(
+        session,
+        EventKind.DELIVERY_RETRY_REQUESTED,
+        study_uid=row.study_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        job_id=row.job_id,
+        delivery_id=row.id,
+        destination=row.destination,
+        attempts=row.attempts,
+        requested_by=requested_by,
+    )
+    session.commit()
+    return row
 
 
 def _transfer_syntax(path: str) -> str:
@@ -117,24 +155,81 @@ def _contexts(items: Sequence[DeliveryItem]) -> list[tuple[str, list[str]]]:
     return [(sop_class, [syntax]) for sop_class, syntax in pairs]
 
 
+class _Lanes:
+    """One lane per destination: at most ``Destination.concurrency`` associations at once.
+
+    Each batch (one association) runs in a daemon thread of its destination's lane, so a
+    destination that does not answer (a black hole holds an association until its
+    ``timeout``) delays nobody else, and a stopping node never waits for it. The ids in
+    flight are skipped by the next scan, so nothing is sent twice at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = defaultdict(int)
+        self._in_flight: set[int] = set()
+
+    def in_flight(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._in_flight)
+
+    def busy(self, name: str) -> int:
+        with self._lock:
+            return self._busy[name]
+
+    def start(
+        self,
+        dest: Destination,
+        items: list[DeliveryItem],
+        work: Callable[[Destination, list[DeliveryItem]], None],
+    ) -> threading.Thread | None:
+        """Run ``work`` for the batch in the destination's lane; None when the lane is full."""
+        ids = {item.id for item in items}
+        with self._lock:
+            if self._busy[dest.name] >= dest.concurrency:
+                return None
+            self._busy[dest.name] += 1
+            self._in_flight |= ids
+
+        def run() -> None:
+            try:
+                work(dest, items)
+            except Exception:  # a batch must never take the lane down with it
+                log.exception("delivery batch to %s failed", dest.name)
+            finally:
+                with self._lock:
+                    self._busy[dest.name] -= 1
+                    self._in_flight -= ids
+
+        thread = threading.Thread(target=run, name=f"deliver-{dest.name}", daemon=True)
+        thread.start()
+        return thread
+
+
 class Deliverer:
-    """Sends due deliveries, grouped per destination over one association each."""
+    """Sends due deliveries: per destination, batches of up to 128 objects over one
+    association each, in that destination's lane (``_Lanes``)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
         self.sessions = sessions
         self.counts: dict[str, int] = defaultdict(int)
+        self._lanes = _Lanes()
 
-    def due(self, now: dt.datetime, limit: int = 500) -> dict[str, list[DeliveryItem]]:
+    def due(
+        self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
+    ) -> dict[str, list[DeliveryItem]]:
         with self.sessions() as session:
-            rows = session.scalars(
+            query = (
                 select(Delivery)
-                .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
                 .order_by(Delivery.id)
                 .limit(limit)
-            ).all()
+            )
+            if skip:
+                query = query.where(Delivery.id.not_in(skip))
             groups: dict[str, list[DeliveryItem]] = defaultdict(list)
-            for row in rows:
+            for row in session.scalars(query).all():
                 groups[row.destination].append(
                     DeliveryItem(
                         id=row.id,
@@ -149,10 +244,25 @@ class Deliverer:
                 )
         return groups
 
-    def run_once(self, now: dt.datetime | None = None) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
-        attempted = 0
-        for name, items in self.due(now or utcnow()).items():
+    def run_once(self, now: dt.datetime | None = None, *, wait: bool = True) -> int:
+        """Start every due delivery whose destination's lane has room.
+
+        Parameters
+        ----------
+        now
+            The time deliveries are due by (default: now).
+        wait
+            Wait for the batches started here to finish (tests, ``dicom-node`` tools);
+            the delivery loop does not wait, so one destination never holds up another.
+
+        Returns
+        -------
+        int
+            How many deliveries were started.
+        """
+        started = 0
+        threads: list[threading.Thread] = []
+        for name, items in self.due(now or utcnow(), skip=self._lanes.in_flight()).items():
             try:
                 dest = self.settings.destination(name)
             except KeyError:
@@ -161,19 +271,23 @@ class Deliverer:
                         item, None, None, f"destination {name!r} is not configured", final=True
                     )
                 continue
-            items = [
-                DeliveryItem(
-                    **{**item.__dict__, "transfer_syntax_uid": _transfer_syntax(item.path)}
-                )
-                for item in items
-            ]
             for start in range(0, len(items), MAX_CONTEXTS):
                 batch = items[start : start + MAX_CONTEXTS]
-                self._send_batch(dest, batch)
-                attempted += len(batch)
-        return attempted
+                thread = self._lanes.start(dest, batch, self._send_batch)
+                if thread is None:  # the lane is full: the next scan takes the rest
+                    break
+                threads.append(thread)
+                started += len(batch)
+        if wait:
+            for thread in threads:
+                thread.join()
+        return started
 
     def _send_batch(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        items = [
+            DeliveryItem(**{**item.__dict__, "transfer_syntax_uid": _transfer_syntax(item.path)})
+            for item in items
+        ]
         _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.acse_timeout = dest.timeout
@@ -258,19 +372,19 @@ class Deliverer:
             row.last_status = status
             row.last_error = error
             if success:
-                row.state = "done"
+                row.state = DeliveryState.DONE
                 row.delivered_at = now
-                self.counts["done"] += 1
+                kind = EventKind.DELIVERY_DONE
             elif final or dest is None or row.attempts >= dest.max_attempts:
-                row.state = "failed"
-                self.counts["failed"] += 1
+                row.state = DeliveryState.FAILED
+                kind = EventKind.DELIVERY_FAILED
             else:
                 row.next_attempt_at = now + dt.timedelta(seconds=backoff_delay(dest, row.attempts))
-                self.counts["retry"] += 1
+                kind = EventKind.DELIVERY_RETRY
+            self.counts[kind.removeprefix("delivery.")] += 1
             history.record(
                 session,
-                "delivery."
-                + ("done" if success else "failed" if row.state == "failed" else "retry"),
+                kind,
                 study_uid=row.study_uid,
                 sop_instance_uid=row.sop_instance_uid,
                 job_id=row.job_id,
@@ -318,7 +432,7 @@ class DeliveryThread(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.deliverer.run_once()
+                self.deliverer.run_once(wait=False)
             except Exception:
                 log.exception("delivery loop failed; retrying")
             self.wakeup.wait(self.interval)

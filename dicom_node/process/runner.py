@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Route, Settings
 from dicom_node.dispatch.delivery import ensure_delivery
+from dicom_node.process import queue
 from dicom_node.process.heatmap import display_png
 from dicom_node.receive.spool import write_atomic
 from dicom_node.store import history
-from dicom_node.store.db import Instance, Job, Result, Series, Study, utcnow
+from dicom_node.store.db import Instance, Job, Result, Series, Study
+from dicom_node.store.states import EventKind, JobState
 from inference.types import SeriesPrediction
 
 if TYPE_CHECKING:
@@ -108,7 +110,9 @@ class JobRunner:
             try:
                 ctx = _load_context(session, self.settings, job)
             except JobError as exc:
-                self._finish(job_id, "failed", str(exc), started)
+                queue.finish(
+                    self.sessions, job_id, JobState.FAILED, error=str(exc), started=started
+                )
                 return
         try:
             if ctx.route.forward:
@@ -117,9 +121,15 @@ class JobRunner:
                 self._run_model(ctx, model_id)
         except Exception as exc:
             log.exception("job %d failed", job_id)
-            self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}", started)
+            queue.finish(
+                self.sessions,
+                job_id,
+                JobState.FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+                started=started,
+            )
             return
-        self._finish(job_id, "done", "", started)
+        queue.finish(self.sessions, job_id, JobState.DONE, started=started)
 
     # -- steps ------------------------------------------------------------------------
     def _forward(self, ctx: JobContext) -> None:
@@ -140,7 +150,7 @@ class JobRunner:
                     created += int(new)
             history.record(
                 session,
-                "job.forward_queued",
+                EventKind.JOB_FORWARD_QUEUED,
                 study_uid=ctx.study_uid,
                 series_uid=ctx.series_uid,
                 job_id=ctx.job_id,
@@ -201,7 +211,7 @@ class JobRunner:
             session.flush()
             history.record(
                 session,
-                "model.result",
+                EventKind.MODEL_RESULT,
                 study_uid=ctx.study_uid,
                 series_uid=ctx.series_uid,
                 job_id=ctx.job_id,
@@ -278,7 +288,7 @@ class JobRunner:
                 .where(
                     Series.series_uid == ctx.series_uid,
                     Job.generation < ctx.generation,
-                    Job.state == "done",
+                    Job.state == JobState.DONE,
                     Result.model_id == model_id,
                 )
                 .order_by(Job.generation.desc())
@@ -316,31 +326,6 @@ class JobRunner:
         write_atomic(path, display_png(prediction.heatmaps[0].overlay))
         return path
 
-    def _finish(self, job_id: int, state: str, error: str, started: float) -> None:
-        with self.sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                return
-            job.state = state
-            job.error = error[:4000]
-            job.finished_at = utcnow()
-            series = session.get(Series, job.series_id)
-            study_uid = ""
-            if series is not None:
-                study_uid = (
-                    session.scalar(select(Study.study_uid).where(Study.id == series.study_id)) or ""
-                )
-            history.record(
-                session,
-                f"job.{state}",
-                study_uid=study_uid,
-                series_uid=series.series_uid if series else "",
-                job_id=job_id,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-                error=error,
-            )
-            session.commit()
-
 
 def _object_for_destination(kind: str, settings: Settings, dest: str) -> bool:
     """SR objects go only to destinations that asked for their SR class."""
@@ -355,57 +340,3 @@ def _encode(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
-
-
-def claim_next_job(sessions: sessionmaker[Session], worker: str) -> int | None:
-    """Atomically take the oldest queued job (safe with several worker processes)."""
-    from sqlalchemy import update
-
-    with sessions() as session:
-        candidates = session.scalars(
-            select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(5)
-        ).all()
-        for job_id in candidates:
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(
-                    state="running",
-                    worker=worker,
-                    started_at=utcnow(),
-                    attempts=Job.attempts + 1,
-                )
-            ).rowcount  # type: ignore[attr-defined]
-            if claimed:
-                job = session.get(Job, job_id)
-                assert job is not None
-                series = session.get(Series, job.series_id)
-                history.record(
-                    session,
-                    "job.started",
-                    series_uid=series.series_uid if series else "",
-                    study_uid=series.study.study_uid if series else "",
-                    job_id=job_id,
-                    worker=worker,
-                    attempt=job.attempts,
-                )
-                session.commit()
-                return job_id
-            session.rollback()
-    return None
-
-
-def requeue_interrupted(sessions: sessionmaker[Session], worker: str | None = None) -> int:
-    """Put jobs that were running when their worker died back in the queue."""
-    with sessions() as session:
-        query = select(Job).where(Job.state == "running")
-        if worker is not None:
-            query = query.where(Job.worker == worker)
-        jobs = session.scalars(query).all()
-        for job in jobs:
-            job.state = "queued"
-            history.record(
-                session, "job.requeued", job_id=job.id, reason="worker stopped while running"
-            )
-        session.commit()
-        return len(jobs)

@@ -21,12 +21,17 @@ log = logging.getLogger(__name__)
 
 def model_cache(settings: Settings) -> Any:
     """The models of ``settings.models_dir``, each loaded once per process on first use."""
+    from inference.pixels import PixelLimits
     from inference.registry import ModelCache, load_manifests
 
     return ModelCache(
         load_manifests(settings.models_dir),
         threads=settings.workers.inference_threads,
         inter_op_threads=1,
+        limits=PixelLimits(
+            max_frame_pixels=settings.workers.max_frame_pixels,
+            max_frames=settings.workers.max_frames,
+        ),
     )
 
 
@@ -72,11 +77,11 @@ def run_jobs(
 
     The one job loop of both the worker processes and the in-process worker.
     """
-    from dicom_node.process.runner import claim_next_job
+    from dicom_node.process import queue
 
     while not stop.is_set() and keep_going():
         try:
-            job_id = claim_next_job(sessions, name)
+            job_id = queue.claim_next(sessions, name)
         except Exception:
             log.exception("cannot claim a job; retrying")
             job_id = None
@@ -91,9 +96,14 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
     from dicom_node.logs import setup_logging
     from dicom_node.process.runner import JobRunner
+    from dicom_node.receive.pynetdicom_ext import configure_pydicom
     from dicom_node.store.db import create_engine, session_factory
 
     setup_logging(f"worker-{name}")
+    # A spawned process starts with pydicom's defaults: read the received files with the
+    # settings the receiver and the tests use (pydicom's settings only, not pynetdicom's
+    # receive path, which a worker does not run).
+    configure_pydicom()
     _die_with_parent()
     # The parent decides when we stop: Ctrl-C, `timeout` or systemd signal the whole process
     # group, and a worker killed by that signal could die holding the stop event's lock.

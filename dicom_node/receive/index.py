@@ -18,9 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import Event, Instance, Series, Study, utcnow
+from dicom_node.store.states import PROCESSED_SERIES_STATES, EventKind, SeriesState
 
-# Series states after which a new instance is "late" (the series was already processed).
-PROCESSED_STATES = frozenset({"routed", "unrouted", "ignored"})
 # How often one association rewrites a study's last_received_at (see IndexCache).
 STUDY_TOUCH_SECONDS = 1.0
 
@@ -113,7 +112,7 @@ _COUNT_INSTANCE = (
 _REOPEN_SERIES = (
     update(Series)
     .where(Series.id == bindparam("b_id"))
-    .values(state="receiving", generation=Series.generation + 1)
+    .values(state=SeriesState.RECEIVING, generation=Series.generation + 1)
     .returning(Series.generation)
 )
 _INSERT_INSTANCE = insert(Instance)
@@ -175,7 +174,7 @@ def _series_id(
                 "instance_count": 0,
                 "first_received_at": now,
                 "last_received_at": now,
-                "state": "receiving",
+                "state": SeriesState.RECEIVING,
                 "generation": 0,
             },
         ).scalar_one()
@@ -184,7 +183,7 @@ def _series_id(
 
 
 def _event(
-    conn: Connection, kind: str, meta: InstanceMeta, now: dt.datetime, **detail: object
+    conn: Connection, kind: EventKind, meta: InstanceMeta, now: dt.datetime, **detail: object
 ) -> None:
     """What history.record adds, as one Core INSERT (no ORM object to flush)."""
     conn.execute(
@@ -225,12 +224,12 @@ def _index_once(
         raise _StaleCacheError(meta.series_uid)
     state, generation = str(row.state), int(row.generation)
     reopened = False
-    if state in PROCESSED_STATES and late_rule == "rerun":
+    if state in PROCESSED_SERIES_STATES and late_rule == "rerun":
         # Late instance: reopen the series; after a new quiet period it is routed and
         # processed again as the next generation, whose results replace the old ones.
         generation = conn.execute(_REOPEN_SERIES, {"b_id": series_id}).scalar_one()
-        state, reopened = "receiving", True
-        _event(conn, "series.reopened", meta, now, generation=generation)
+        state, reopened = SeriesState.RECEIVING, True
+        _event(conn, EventKind.SERIES_REOPENED, meta, now, generation=generation)
     conn.execute(
         _INSERT_INSTANCE,
         {
@@ -247,7 +246,7 @@ def _index_once(
             "generation": generation,
         },
     )
-    _event(conn, "instance.received", meta, now, calling_ae=calling_ae, size=size)
+    _event(conn, EventKind.INSTANCE_RECEIVED, meta, now, calling_ae=calling_ae, size=size)
     return IndexOutcome(True, state, reopened)
 
 
@@ -256,7 +255,7 @@ def _record_duplicate(conn: Connection, meta: InstanceMeta, calling_ae: str) -> 
     existing = conn.execute(_DUPLICATE_STATE, {"b_sop_uid": meta.sop_instance_uid}).first()
     if existing is None:
         return None
-    _event(conn, "instance.duplicate", meta, utcnow(), calling_ae=calling_ae)
+    _event(conn, EventKind.INSTANCE_DUPLICATE, meta, utcnow(), calling_ae=calling_ae)
     return IndexOutcome(False, existing.state or "", False)
 
 

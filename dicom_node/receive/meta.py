@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Only these header attributes are read at receive time; pixel data stays on disk.
 _DEFER = 64 * 1024
+# How far a deflated dataset may inflate before it is refused (scp.max_inflated_size).
+DEFAULT_MAX_INFLATED_SIZE = 256 * 1024 * 1024
+_INFLATE_CHUNK = 1024 * 1024
 
 
 def _check_not_truncated(ds: Dataset, size: int) -> None:
@@ -94,13 +99,23 @@ def meta_from_header(header: Header) -> InstanceMeta:
     return _meta(header.text, header.transfer_syntax_uid, header.dataset)
 
 
-def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> InstanceMeta:
+def read_meta(
+    path: Path,
+    command_sop_class: str,
+    command_sop_instance: str,
+    *,
+    max_inflated_size: int = DEFAULT_MAX_INFLATED_SIZE,
+) -> InstanceMeta:
     """Read and check the header of a received file.
 
     The fast path (``header.read_header``: one structural pass, pydicom decodes only the
     values we keep) answers for well-formed files; anything it cannot vouch for (deflated,
     or any structural complaint) is read again by pydicom, whose verdict stands, so the
     fast path never refuses what pydicom would accept.
+
+    A deflated dataset is first inflated as a stream, counting but keeping nothing, and
+    refused when it inflates past ``max_inflated_size``: pydicom inflates a deflated file
+    whole in memory, and 1 MB of deflated zeros can claim gigabytes.
 
     Raises
     ------
@@ -114,7 +129,57 @@ def read_meta(path: Path, command_sop_class: str, command_sop_instance: str) -> 
             return _check_meta(meta, command_sop_class, command_sop_instance)
     except Exception as exc:
         log.debug("fast header read of %s failed (%s); reading with pydicom", path.name, exc)
+    check_inflated_size(path, max_inflated_size)
     return _check_meta(_read_meta_pydicom(path), command_sop_class, command_sop_instance)
+
+
+def _dataset_offset(fh: BinaryIO) -> tuple[int, bytes] | None:
+    """Where the dataset starts after the File Meta, and the transfer syntax's UID bytes.
+
+    Only for files as the receiver writes them: preamble, "DICM", then group 0002 in
+    explicit VR little endian starting with its group length (pynetdicom always writes
+    it). None for anything else (pydicom then decides).
+    """
+    head = fh.read(132 + 12)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        return None
+    group_length = struct.unpack("<L", head[140:144])[0]
+    meta = fh.read(min(group_length, 64 * 1024))
+    at = meta.find(b"\x02\x00\x10\x00UI")
+    if at < 0:
+        return None
+    length = struct.unpack("<H", meta[at + 6 : at + 8])[0]
+    return 144 + group_length, meta[at + 8 : at + 8 + length].rstrip(b"\x00 ")
+
+
+def check_inflated_size(path: Path, limit: int) -> None:
+    """Refuse a deflated dataset that inflates past ``limit`` bytes, without keeping them.
+
+    Raises
+    ------
+    StoreRejectedError
+        CANNOT_PARSE, with the limit and its setting named.
+    """
+    with open(path, "rb") as fh:
+        found = _dataset_offset(fh)
+        if found is None or found[1] != DeflatedExplicitVRLittleEndian.encode():
+            return
+        fh.seek(found[0])
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        while chunk := fh.read(_INFLATE_CHUNK):
+            pending = chunk
+            while pending:
+                # max_length bounds each step's output, so memory stays one chunk.
+                inflated += len(inflater.decompress(pending, _INFLATE_CHUNK))
+                if inflated > limit:
+                    raise StoreRejectedError(
+                        Status.CANNOT_PARSE,
+                        f"deflated dataset inflates past {limit} bytes (scp.max_inflated_size)",
+                    )
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                return
 
 
 def _read_meta_pydicom(path: Path) -> InstanceMeta:

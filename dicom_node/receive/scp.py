@@ -47,7 +47,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from dicom_node.config import ConfigError, Settings
 from dicom_node.receive import pynetdicom_ext
 from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.index import IndexCache, InstanceMeta, index_instance
@@ -191,7 +191,19 @@ class StoreSCP:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> ThreadedAssociationServer:
-        pynetdicom_ext.install()
+        """Install the receive path's pynetdicom extensions and start listening.
+
+        Raises
+        ------
+        ConfigError
+            The installed pynetdicom is not a version the extensions were checked against:
+            a problem of the installation, which the command line reports in one line
+            (exit status 2) like any other configuration problem.
+        """
+        try:
+            pynetdicom_ext.install()
+        except pynetdicom_ext.UnsupportedVersionError as exc:
+            raise ConfigError(str(exc)) from exc
         self._io = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),
@@ -379,7 +391,12 @@ class StoreSCP:
             file_synced = None
             synced = False
         try:
-            meta = read_meta(temp, command_class, command_instance)
+            meta = read_meta(
+                temp,
+                command_class,
+                command_instance,
+                max_inflated_size=self.settings.scp.max_inflated_size,
+            )
         finally:
             # Always wait: pynetdicom closes the file after we return.
             if file_synced is not None:

@@ -36,9 +36,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
+from dicom_node.process import queue
 from dicom_node.route.rules import RouteDecision, evaluate, tags_for
 from dicom_node.store import history
-from dicom_node.store.db import Instance, Job, Series, Study, utcnow
+from dicom_node.store.db import Instance, Series, Study, utcnow
+from dicom_node.store.states import SERIES_OUTCOME_EVENTS, EventKind, SeriesState
 
 if TYPE_CHECKING:
     from dicom_node.receive.scp import ReleasedAssociation
@@ -73,42 +75,22 @@ def route_series(
         )
     series.route_reason = "\n".join(decision.reasons)
     if decision.own_object:
-        series.state = "ignored"
+        series.state = SeriesState.IGNORED
     elif not decision.routed:
-        series.state = "unrouted"
+        series.state = SeriesState.UNROUTED
     else:
-        series.state = "routed"
+        series.state = SeriesState.ROUTED
         series.route_name = ",".join(r.name for r in decision.routes)
     history.record(
         session,
-        f"series.{series.state}",
+        SERIES_OUTCOME_EVENTS[series.state],
         study_uid=study_uid,
         series_uid=series.series_uid,
         generation=series.generation,
         reasons=list(decision.reasons),
     )
     for route in decision.routes:
-        exists = session.scalar(
-            select(Job.id).where(
-                Job.series_id == series.id,
-                Job.generation == series.generation,
-                Job.route_name == route.name,
-            )
-        )
-        if exists is not None:
-            continue
-        job = Job(series_id=series.id, generation=series.generation, route_name=route.name)
-        session.add(job)
-        session.flush()
-        history.record(
-            session,
-            "job.queued",
-            study_uid=study_uid,
-            series_uid=series.series_uid,
-            job_id=job.id,
-            route=route.name,
-            generation=series.generation,
-        )
+        queue.enqueue(session, series, route.name, study_uid=study_uid)
     return decision
 
 
@@ -124,7 +106,9 @@ def complete_due_series(
     cutoff = now - dt.timedelta(seconds=settings.completion.quiet_seconds)
     with sessions() as session:
         due = session.scalars(
-            select(Series.id).where(Series.state == "receiving", Series.last_received_at <= cutoff)
+            select(Series.id).where(
+                Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff
+            )
         ).all()
     return sum(
         _claim_and_route(
@@ -187,7 +171,7 @@ def complete_released_series(
             row = session.execute(
                 select(Series.id, Series.state).where(Series.series_uid == notice.series_uid)
             ).first()
-        if row is None or row.state != "receiving":
+        if row is None or row.state != SeriesState.RECEIVING:
             continue  # already completed by its quiet period, or removed
         grace = (now - notice.released_at).total_seconds()
         if _claim_and_route(
@@ -215,12 +199,12 @@ def _record_kept_open(
     """Say in the history why a released series waits for its quiet period after all."""
     with sessions() as session:
         series = session.scalar(select(Series).where(Series.series_uid == series_uid))
-        if series is None or series.state != "receiving":
+        if series is None or series.state != SeriesState.RECEIVING:
             return
         study_uid = session.scalar(select(Study.study_uid).where(Study.id == series.study_id))
         history.record(
             session,
-            "series.release_ignored",
+            EventKind.SERIES_RELEASE_IGNORED,
             study_uid=study_uid or "",
             series_uid=series_uid,
             generation=series.generation,
@@ -253,10 +237,10 @@ def _claim_and_route(
             update(Series)
             .where(
                 Series.id == series_id,
-                Series.state == "receiving",
+                Series.state == SeriesState.RECEIVING,
                 Series.last_received_at <= received_by,
             )
-            .values(state="complete", completed_at=now)
+            .values(state=SeriesState.COMPLETE, completed_at=now)
         ).rowcount  # type: ignore[attr-defined]
         if not claimed:
             session.rollback()
@@ -267,7 +251,7 @@ def _claim_and_route(
         quiet = (now - series.last_received_at).total_seconds()
         history.record(
             session,
-            "series.completed",
+            EventKind.SERIES_COMPLETED,
             study_uid=study_uid or "",
             series_uid=series.series_uid,
             instances=series.instance_count,
@@ -292,7 +276,7 @@ def next_quiet_due(sessions: sessionmaker[Session], settings: Settings) -> dt.da
     """When the quietest receiving series' quiet period ends (None: nothing is receiving)."""
     with sessions() as session:
         oldest = session.scalar(
-            select(func.min(Series.last_received_at)).where(Series.state == "receiving")
+            select(func.min(Series.last_received_at)).where(Series.state == SeriesState.RECEIVING)
         )
     if oldest is None:
         return None
@@ -304,9 +288,11 @@ def _mark_route_failed(sessions: sessionmaker[Session], series_id: int, error: s
         series = session.get(Series, series_id)
         if series is None:
             return
-        series.state = "unrouted"
+        series.state = SeriesState.UNROUTED
         series.route_reason = f"routing failed: {error}"
-        history.record(session, "series.route_failed", series_uid=series.series_uid, error=error)
+        history.record(
+            session, EventKind.SERIES_ROUTE_FAILED, series_uid=series.series_uid, error=error
+        )
         session.commit()
 
 

@@ -12,6 +12,7 @@ below runs the upgrade, so SQLite and PostgreSQL get the same tables.
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -29,6 +31,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import (
+    Enum as SAEnum,
+)
+from sqlalchemy import (
     create_engine as sa_create_engine,
 )
 from sqlalchemy import (
@@ -37,7 +42,31 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
+from dicom_node.store.states import DeliveryState, JobState, SeriesState
+
 UID = String(64)
+
+
+def _state_type(states: type[StrEnum]) -> SAEnum:
+    """A state column: text in the database, the enum in Python.
+
+    ``validate_strings`` refuses an unknown value when it is written, in Python, before
+    the database's CHECK constraint (``state_check``) would.
+    """
+    return SAEnum(
+        states,
+        native_enum=False,
+        create_constraint=False,  # the named CHECK below, created by migration 0003
+        length=16,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+def state_check(table: str, states: type[StrEnum]) -> CheckConstraint:
+    """``CHECK (state IN (...))`` named ``ck_<table>_state`` (migration 0003)."""
+    values = ", ".join(f"'{member.value}'" for member in states)
+    return CheckConstraint(f"state IN ({values})", name=f"ck_{table}_state")
 
 
 def utcnow() -> dt.datetime:
@@ -81,7 +110,10 @@ class Series(Base):
     """
 
     __tablename__ = "series"
-    __table_args__ = (Index("ix_series_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_series_state_last", "state", "last_received_at"),
+        state_check("series", SeriesState),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -94,7 +126,9 @@ class Series(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    state: Mapped[str] = mapped_column(String(16), default="receiving")
+    state: Mapped[SeriesState] = mapped_column(
+        _state_type(SeriesState), default=SeriesState.RECEIVING
+    )
     generation: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     route_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -132,13 +166,14 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("series_id", "generation", "route_name", name="uq_job_series_gen"),
         Index("ix_job_state", "state", "id"),
+        state_check("job", JobState),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     route_name: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued running done failed
+    state: Mapped[JobState] = mapped_column(_state_type(JobState), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(64), default="")
     error: Mapped[str] = mapped_column(Text, default="")
@@ -185,6 +220,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("destination", "sop_instance_uid", name="uq_delivery_dest_sop"),
         Index("ix_delivery_due", "state", "next_attempt_at"),
+        state_check("delivery", DeliveryState),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -195,7 +231,9 @@ class Delivery(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     study_uid: Mapped[str] = mapped_column(UID, default="", index=True)
     path: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending done failed
+    state: Mapped[DeliveryState] = mapped_column(
+        _state_type(DeliveryState), default=DeliveryState.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
@@ -314,16 +352,43 @@ def make_engine(url: str) -> Engine:
     return sa_create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (the newest by default); idempotent."""
+    _migrate(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (for an operator undoing an upgrade)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run Alembic on one connection of ``engine``.
+
+    On SQLite, foreign keys are switched off for the migration: a migration that changes a
+    table copies it (Alembic's batch mode), and dropping the old copy of a table that rows
+    of another table reference would otherwise fail. Switched off outside the transaction
+    (SQLite ignores the pragma inside one) and back on after it.
+    """
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+    run = command.upgrade if direction == "upgrade" else command.downgrade
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                cfg.attributes["connection"] = connection
+                run(cfg, revision)
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def create_engine(url: str, *, migrate: bool = True) -> Engine:

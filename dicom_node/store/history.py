@@ -7,11 +7,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Event
+from dicom_node.store.states import EventKind
 
 
 def record(
     session: Session,
-    kind: str,
+    kind: EventKind,
     *,
     study_uid: str = "",
     series_uid: str = "",

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import Delivery, Instance, Job, Result, Series, Study
+from dicom_node.store.states import DeliveryState, JobState
 from dicom_node.web.overview import total_seconds
 
 if TYPE_CHECKING:  # context imports this module
@@ -139,12 +140,14 @@ class NodeCollector(Collector):
         rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
         counts: dict[str, int] = {state: count for state, count in rows}
         g = GaugeMetricFamily("dicom_node_jobs", "Jobs by state", labels=["state"])
-        for state in sorted({"queued", "running", "done", "failed", *counts}):
+        for state in sorted({*JobState, *counts}):
             g.add_metric([state], counts.get(state, 0))
         yield g
-        pending = session.scalar(select(func.count(Delivery.id)).where(Delivery.state == "pending"))
+        pending = session.scalar(
+            select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.PENDING)
+        )
         g = GaugeMetricFamily("dicom_node_queue_depth", "Work waiting", labels=["queue"])
-        g.add_metric(["jobs"], counts.get("queued", 0))
+        g.add_metric(["jobs"], counts.get(JobState.QUEUED, 0))
         g.add_metric(["deliveries"], pending or 0)
         yield g
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import Settings
 from dicom_node.store.db import AuditEntry, Delivery, Job, Result, Series
+from dicom_node.store.states import DeliveryState
 from dicom_node.web.detail import delivery_info
 from dicom_node.web.queries import POSITIVE_THRESHOLD
 from dicom_node.web.schemas import AuditPage, AuditRow, DeliveryPage, ModelStats
@@ -115,7 +116,7 @@ def attention_deliveries(
     total = int(session.scalar(select(func.count(Delivery.id)).where(where)) or 0)
     pages = max(1, math.ceil(total / page_size))
     page = min(max(1, page), pages)
-    failed_first = case((Delivery.state == "failed", 0), else_=1)
+    failed_first = case((Delivery.state == DeliveryState.FAILED, 0), else_=1)
     rows = session.scalars(
         select(Delivery)
         .where(where)

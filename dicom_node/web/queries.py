@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select, true
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Delivery, Job, Result, Series, Study
+from dicom_node.store.states import SeriesState
 from dicom_node.web.filters import StudyFilter
 from dicom_node.web.schemas import Level, ModelCall, Step, StudyPage, StudyRow, StudySteps
 
@@ -280,17 +281,17 @@ def series_latency(series: Series, delivery: _DeliveryFacts | None) -> float | N
 def _steps(facts: list[_SeriesFacts], deliveries: dict[int, _DeliveryFacts]) -> StudySteps:
     states = [f.series.state for f in facts]
     instances = sum(f.series.instance_count for f in facts)
-    receiving = states.count("receiving")
+    receiving = states.count(SeriesState.RECEIVING)
     complete = (
         Step(state="receiving", level="wait", text=f"{receiving}/{len(states)} receiving")
         if receiving
         else Step(state="complete", level="ok", text="complete")
     )
-    if "routed" in states:
+    if SeriesState.ROUTED in states:
         routed = Step(state="routed", level="ok", text="routed")
-    elif "unrouted" in states:
+    elif SeriesState.UNROUTED in states:
         routed = Step(state="unrouted", level="none", text="no route")
-    elif "ignored" in states:
+    elif SeriesState.IGNORED in states:
         routed = Step(state="ignored", level="none", text="ignored")
     else:
         routed = Step(state="", level="none", text="-")

@@ -6,6 +6,8 @@ data path (receive -> complete -> route -> job -> deliver) is tested without any
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from dicom_node.demo.minipacs import BuiltinPacs
 from dicom_node.store.db import Delivery, Event, Job, Series
+from tests.conftest import make_settings
 from tests.dicom_files import pydicom_file
 from tests.peers import free_port, have_dcmtk, have_orthanc, pynetdicom_send, run_orthanc, storescu
 
@@ -182,3 +186,65 @@ def test_own_objects_are_never_routed(start_node: Any) -> None:
     )
     assert node.query(select(Job)) == []
     assert node.query(select(Delivery)) == []
+
+
+def test_a_black_hole_destination_does_not_delay_a_healthy_one(tmp_path: Path) -> None:
+    """A destination that accepts TCP and never answers holds its own lane only."""
+    from dicom_node.dispatch.delivery import Deliverer, ensure_delivery
+    from dicom_node.store.db import Delivery, create_engine, session_factory
+    from dicom_node.store.states import DeliveryState
+
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(8)  # the kernel completes handshakes; nobody ever reads
+    healthy = BuiltinPacs(tmp_path / "pacs", free_port(), ae_title="HEALTHY")
+    healthy.start()
+    try:
+        settings = make_settings(
+            tmp_path,
+            destinations=[
+                {
+                    "name": "hole",
+                    "ae_title": "HOLE",
+                    "host": "127.0.0.1",
+                    "port": black_hole.getsockname()[1],
+                    "timeout": 60,
+                },
+                {"name": "ok", "ae_title": "HEALTHY", "host": "127.0.0.1", "port": healthy.port},
+            ],
+        )
+        sessions = session_factory(create_engine(settings.database_url))
+        source = pydicom_file("CT_small.dcm")
+        with sessions() as session:
+            # The black hole's delivery is older: a sequential loop would try it first.
+            for name in ("hole", "ok"):
+                ensure_delivery(
+                    session,
+                    destination=name,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    sop_instance_uid="1.2.3.4.5",
+                    path=source,
+                    study_uid="1.2.3",
+                    kind="forward",
+                    job_id=None,
+                )
+            session.commit()
+        deliverer = Deliverer(settings, sessions)
+        assert deliverer.run_once(wait=False) == 2
+
+        def state(name: str) -> tuple[DeliveryState, int]:
+            with sessions() as session:
+                row = session.scalars(select(Delivery).where(Delivery.destination == name)).one()
+                return row.state, row.attempts
+
+        deadline = time.monotonic() + 20
+        while state("ok")[0] != DeliveryState.DONE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state("ok") == (DeliveryState.DONE, 1)
+        # Still waiting on the black hole (60 s timeout): not attempted to the end yet,
+        # and not started a second time while its lane is busy.
+        assert state("hole") == (DeliveryState.PENDING, 0)
+        assert deliverer.run_once(wait=False) == 0
+    finally:
+        black_hole.close()
+        healthy.stop()

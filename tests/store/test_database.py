@@ -11,7 +11,7 @@ from sqlalchemy import inspect, select
 
 from dicom_node.config import Settings
 from dicom_node.dispatch.delivery import Deliverer, backoff_delay, ensure_delivery
-from dicom_node.process.runner import claim_next_job, requeue_interrupted
+from dicom_node.process.queue import claim_next, requeue_interrupted
 from dicom_node.receive.index import InstanceMeta, index_instance
 from dicom_node.route.completion import complete_due_series
 from dicom_node.store.db import (
@@ -121,7 +121,7 @@ def test_completion_routes_and_jobs_are_claimed_once(database_url: str, tmp_path
     with sessions() as session:
         series = session.scalars(select(Series)).one()
         assert series.state == "routed" and series.route_name == "ct"
-    claimed = [claim_next_job(sessions, "a"), claim_next_job(sessions, "b")]
+    claimed = [claim_next(sessions, "a"), claim_next(sessions, "b")]
     assert claimed[0] is not None and claimed[1] is None
     # A crash while running: the job goes back to the queue on restart.
     assert requeue_interrupted(sessions) == 1

@@ -104,28 +104,3 @@ def test_person_name_display() -> None:
     assert _dicom_name("=CMD^EVIL") == "CMD, EVIL"  # only an ideographic group
     assert _dicom_name("YAMADA^TARO=山田^太郎") == "YAMADA, TARO"
     assert _dicom_name("") == ""
-
-
-def test_migration_0002_down_and_up(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import inspect
-
-    from dicom_node.store.db import create_engine
-
-    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    cfg = Config()
-    cfg.set_main_option(
-        "script_location", str(Path(__import__("dicom_node").__file__).parent / "migrations")
-    )
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.downgrade(cfg, "0001")
-    assert "api_token" not in inspect(engine).get_table_names()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
-    inspector = inspect(engine)
-    assert "api_token" in inspector.get_table_names()
-    assert "ix_study_patient_name" in {i["name"] for i in inspector.get_indexes("study")}
-    engine.dispose()

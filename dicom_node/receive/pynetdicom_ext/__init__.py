@@ -8,8 +8,9 @@ dataset into. Such changes break silently when upstream moves, so they are fence
 * this package is the only code that replaces or subclasses those internals;
 * ``install()`` is the only process-wide switch, called explicitly by the receiver; it
   refuses a pynetdicom version that was not checked (``SUPPORTED_PYNETDICOM``);
-* ``upstream.UPSTREAM`` holds a hash of the source of every upstream function we copied
-  or replaced; a test fails when any of them changes, so an upgrade is reviewed here;
+* ``upstream.UPSTREAM`` holds a hash of the source of every upstream function this
+  package copies, replaces, overrides or relies on; a test fails when any of them
+  changes, so an upgrade is reviewed here;
 * whatever is per receiver (its spool folder, its callbacks) rides on the association,
   not on a global: two receivers, or a receiver and the demo PACS, share one process.
 """
@@ -32,14 +33,27 @@ from dicom_node.receive.pynetdicom_ext.transport import (
     server_class,
 )
 
-__all__ = ["SUPPORTED_PYNETDICOM", "UnsupportedVersionError", "configure_pydicom", "install"]
+__all__ = [
+    "SUPPORTED_PYNETDICOM",
+    "NodeRequestHandler",
+    "UnsupportedVersionError",
+    "configure_pydicom",
+    "incoming_file",
+    "install",
+    "installed",
+    "server_class",
+]
 
 # Versions whose internals these extensions were read against (see upstream.UPSTREAM).
 SUPPORTED_PYNETDICOM = ("3.0.4",)
 
 
 class UnsupportedVersionError(RuntimeError):
-    """pynetdicom is not a version the extensions were checked against."""
+    """pynetdicom is not a version the extensions were checked against.
+
+    The message is one line for an operator: the installed version, the checked ones and
+    the command that installs one (the receiver reports it as a configuration problem).
+    """
 
 
 _installed = False
@@ -85,10 +99,11 @@ def install() -> None:
             return
         version = str(pynetdicom.__version__)
         if version not in SUPPORTED_PYNETDICOM:
+            # Checked before anything changes: a refused install leaves pynetdicom as it was.
             raise UnsupportedVersionError(
                 f"pynetdicom {version} is installed, but dicom-node's receive path was "
-                f"checked against {', '.join(SUPPORTED_PYNETDICOM)} only: install one of "
-                "those (pip install 'pynetdicom==3.0.4')"
+                f"checked against {', '.join(SUPPORTED_PYNETDICOM)} only: install that "
+                f"(pip install 'pynetdicom=={SUPPORTED_PYNETDICOM[-1]}')"
             )
         configure_pydicom()
         # Stream each dataset to a file while it arrives instead of RAM; where the file is
@@ -104,6 +119,3 @@ def install() -> None:
 def installed() -> bool:
     """Whether ``install()`` has run in this process."""
     return _installed
-
-
-__all__ += ["NodeRequestHandler", "incoming_file", "installed", "server_class"]

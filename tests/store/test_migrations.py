@@ -1,0 +1,128 @@
+"""Migration 0003 upgrades an existing database, and the database refuses unknown states."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from dicom_node.store.db import (
+    Delivery,
+    Job,
+    Series,
+    create_engine,
+    downgrade,
+    make_engine,
+    session_factory,
+    upgrade,
+)
+from dicom_node.store.states import DeliveryState, JobState, SeriesState
+
+pytestmark = pytest.mark.postgres
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, 0)
+
+
+def _fill_at_0002(engine: Engine) -> None:
+    """Rows as a node of the previous release wrote them (states as plain text)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO study (id, study_uid, patient_id, patient_name, accession_number,"
+                " study_date, study_description, first_received_at, last_received_at)"
+                " VALUES (1, '1.2.3', 'P', 'N', '', '', '', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO series (id, series_uid, study_id, modality, body_part,"
+                " series_description, series_number, calling_ae, instance_count,"
+                " first_received_at, last_received_at, state, generation, route_reason)"
+                " VALUES (1, '1.2.3.1', 1, 'CR', 'CHEST', '', '', 'PACS', 1, :t, :t,"
+                " 'routed', 0, 'r')"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO instance (id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                " series_id, path, size, calling_ae, remote_address, received_at, generation)"
+                " VALUES (1, '1.2.3.1.1', '1.2', '1.2.840.10008.1.2.1', 1, '/x', 1, 'PACS',"
+                " '127.0.0.1', :t, 0)"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job (id, series_id, generation, route_name, state, attempts,"
+                " worker, error, created_at) VALUES (1, 1, 0, 'chest', 'done', 1, 'w1', '', :t)"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO delivery (id, job_id, destination, kind, sop_class_uid,"
+                " sop_instance_uid, study_uid, path, state, attempts, last_error, created_at,"
+                " next_attempt_at) VALUES (1, 1, 'pacs', 'sr', '1.2', '1.2.3.9', '1.2.3', '/y',"
+                " 'pending', 2, 'refused', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+
+
+def test_0003_upgrades_existing_rows_and_refuses_unknown_states(database_url: str) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine, "0002")
+    _fill_at_0002(engine)
+    upgrade(engine)  # to head: adds the CHECK constraints, rows kept
+
+    sessions = session_factory(engine)
+    with sessions() as session:
+        series = session.scalars(select(Series)).one()
+        job = session.scalars(select(Job)).one()
+        delivery = session.scalars(select(Delivery)).one()
+        # Loaded as the enums; the rows and their other columns survived the table copy.
+        assert series.state is SeriesState.ROUTED and series.route_reason == "r"
+        assert job.state is JobState.DONE and job.worker == "w1"
+        assert delivery.state is DeliveryState.PENDING and delivery.attempts == 2
+
+    # The database itself refuses a state no code knows (raw SQL, past the ORM).
+    for table in ("series", "job", "delivery"):
+        with (
+            pytest.raises(IntegrityError, match=f"ck_{table}_state|CHECK constraint"),
+            engine.begin() as conn,
+        ):
+            conn.execute(text(f"UPDATE {table} SET state = 'finished' WHERE id = 1"))
+
+    # The ORM refuses it before the database does.
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        job.state = "finished"  # type: ignore[assignment]
+        with pytest.raises(StatementError, match="finished"):
+            session.commit()
+    engine.dispose()
+
+
+def test_downgrade_to_0001_and_up_again(database_url: str) -> None:
+    """Every migration can be undone and redone (0002's tables and indexes, 0003's checks)."""
+    engine = create_engine(database_url)
+    downgrade(engine, "0001")
+    assert "api_token" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:  # no CHECK any more: the old free-text state is accepted
+        conn.execute(
+            text(
+                "INSERT INTO study (study_uid, patient_id, patient_name, accession_number,"
+                " study_date, study_description, first_received_at, last_received_at)"
+                " VALUES ('9.9', '', '', '', '', '', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+    upgrade(engine)
+    inspector = inspect(engine)
+    assert "api_token" in inspector.get_table_names()
+    assert "ix_study_patient_name" in {i["name"] for i in inspector.get_indexes("study")}
+    assert {c["name"] for c in inspector.get_check_constraints("job")} >= {"ck_job_state"}
+    engine.dispose()
