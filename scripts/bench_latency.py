@@ -70,7 +70,7 @@ STAGES = (
     ("queue", "queue wait (job picked up)"),
     ("model", "model: read, decode, infer, Grad-CAM"),
     ("results", "results: SR, SC, heatmap PNG, rows"),
-    ("heatmap_png", "  of which heatmap PNG"),
+    ("heatmap_png", "heatmap PNG for the admin page (*)"),
     ("delivery", "delivery: wait, associate, 2 C-STOREs"),
     ("e2e", "end-to-end from the last Success"),
     ("beyond", "beyond the wait (target <= 0.5 s)"),
@@ -326,6 +326,11 @@ def report(rounds: list[Round], policies: list[str]) -> None:
     print(f"{label:44}" + "".join(f"  {waits[p]:8.3f}" for p in policies))
     for key, label in STAGES:
         print(f"{label:44}" + "".join(f"  {cell(median(p, key))}" for p in policies))
+    print(
+        "(*) written after the results are queued, while they are delivered: not on the path"
+        if any("heatmap_png" in r.stages for r in rounds)
+        else "(*) not recorded by this build: part of the results stage"
+    )
     print()
     for policy in policies:
         beyond = median(policy, "beyond")

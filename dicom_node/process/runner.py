@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -95,10 +95,22 @@ class JobRunner:
         settings: Settings,
         sessions: sessionmaker[Session],
         models: ModelProvider | None,
+        *,
+        on_deliveries: Callable[[], None] | None = None,
     ) -> None:
+        """``on_deliveries`` is called after each commit that queued deliveries (the
+        node rings the delivery thread's doorbell: results go out without a poll wait)."""
         self.settings = settings
         self.sessions = sessions
         self.models = models
+        self.on_deliveries = on_deliveries
+
+    def _deliveries_queued(self) -> None:
+        if self.on_deliveries is not None:
+            try:
+                self.on_deliveries()
+            except Exception:  # the delivery poll sends them anyway
+                log.exception("could not wake the delivery")
 
     def run(self, job_id: int) -> None:
         """Run a claimed job to ``done`` or ``failed``; never raises for job errors."""
@@ -158,6 +170,8 @@ class JobRunner:
                 destinations=list(ctx.route.destinations),
             )
             session.commit()
+        if created:
+            self._deliveries_queued()
 
     def _run_model(self, ctx: JobContext, model_id: str) -> None:
         if self.models is None:
@@ -171,16 +185,13 @@ class JobRunner:
         prediction = model.predict_series(datasets, key_slices=ctx.route.key_slices)
         t2 = time.monotonic()
         objects = self._build_and_store(ctx, datasets, prediction)
-        t3 = time.monotonic()
-        heatmap_path = self._store_heatmap(ctx, model_id, prediction)
         # Each step's time is kept with the result, so a slow step shows on the admin
         # page and in the latency benchmark instead of hiding in the job's total.
         timings = {
             "model_load": load_s,
             "read": read_s,
             **prediction.timings,
-            "results": t3 - t2,
-            "heatmap_png": time.monotonic() - t3,
+            "results": time.monotonic() - t2,
         }
         with self.sessions() as session:
             result = session.scalar(
@@ -203,7 +214,6 @@ class JobRunner:
                 for s in prediction.slices
             ]
             result.timings = {k: round(v, 4) for k, v in timings.items()}
-            result.heatmap_path = str(heatmap_path) if heatmap_path else ""
             result.objects = [
                 {"kind": kind, "sop_instance_uid": uid, "sop_class_uid": cls, "path": str(p)}
                 for kind, uid, cls, p in objects
@@ -236,6 +246,22 @@ class JobRunner:
                         job_id=ctx.job_id,
                     )
             session.commit()
+            result_id = result.id
+        if ctx.route.destinations:
+            self._deliveries_queued()
+        # The admin page's picture is not on the way to the PACS: it is written once the
+        # results are queued, while the delivery thread (in the node process) sends them.
+        t3 = time.monotonic()
+        heatmap_path = self._store_heatmap(ctx, model_id, prediction)
+        with self.sessions() as session:
+            stored = session.get(Result, result_id)
+            if stored is not None:
+                stored.heatmap_path = str(heatmap_path) if heatmap_path else ""
+                stored.timings = {
+                    **stored.timings,
+                    "heatmap_png": round(time.monotonic() - t3, 4),
+                }
+                session.commit()
 
     def _build_and_store(
         self, ctx: JobContext, datasets: Sequence[Dataset], prediction: SeriesPrediction

@@ -100,8 +100,12 @@ def complete_due_series(
     *,
     now: dt.datetime | None = None,
     model_available: Callable[[str], bool] = lambda _m: True,
+    on_queued: Callable[[], None] | None = None,
 ) -> int:
-    """Complete and route every series that has been quiet long enough; returns how many."""
+    """Complete and route every series that has been quiet long enough; returns how many.
+
+    ``on_queued`` is called after each commit that queued jobs (the node wakes a worker).
+    """
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=settings.completion.quiet_seconds)
     with sessions() as session:
@@ -112,7 +116,14 @@ def complete_due_series(
         ).all()
     return sum(
         _claim_and_route(
-            sessions, settings, series_id, cutoff, now, model_available, policy="quiet"
+            sessions,
+            settings,
+            series_id,
+            cutoff,
+            now,
+            model_available,
+            policy="quiet",
+            on_queued=on_queued,
         )
         for series_id in due
     )
@@ -157,6 +168,7 @@ def complete_released_series(
     *,
     now: dt.datetime | None = None,
     model_available: Callable[[str], bool] = lambda _m: True,
+    on_queued: Callable[[], None] | None = None,
 ) -> int:
     """Complete and route the series of released associations; returns how many.
 
@@ -182,6 +194,7 @@ def complete_released_series(
             now,
             model_available,
             policy="release",
+            on_queued=on_queued,
             calling_ae=notice.calling_ae,
             grace_seconds=round(grace, 3),
         ):
@@ -223,6 +236,7 @@ def _claim_and_route(
     model_available: Callable[[str], bool],
     *,
     policy: str,
+    on_queued: Callable[[], None] | None = None,
     **detail: Any,
 ) -> bool:
     """Complete one series if it is receiving and got nothing after ``received_by``; route it.
@@ -269,7 +283,12 @@ def _claim_and_route(
             return False
         session.commit()
         log.info("series %s complete (%s): %s", series.series_uid, policy, decision.summary)
-        return True
+    if decision.routes and on_queued is not None:
+        try:
+            on_queued()
+        except Exception:  # the workers' poll finds the job anyway
+            log.exception("could not wake a worker")
+    return True
 
 
 def next_quiet_due(sessions: sessionmaker[Session], settings: Settings) -> dt.datetime | None:
@@ -310,11 +329,15 @@ class CompletionThread(threading.Thread):
         sessions: sessionmaker[Session],
         settings: Settings,
         model_available: Callable[[str], bool],
+        *,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
+        """``on_queued`` is called after a routed series queued jobs (wake a worker)."""
         super().__init__(name="completion", daemon=True)
         self.sessions = sessions
         self.settings = settings
         self.model_available = model_available
+        self.on_queued = on_queued
         self.stopped = threading.Event()
         self.wakeup = threading.Event()
         self._notices: list[ReleaseNotice] = []  # a heap, earliest due first
@@ -350,10 +373,19 @@ class CompletionThread(threading.Thread):
                 self.sessions, series_uid, "another open association is sending it", notice
             )
         complete_released_series(
-            self.sessions, self.settings, due, now=now, model_available=self.model_available
+            self.sessions,
+            self.settings,
+            due,
+            now=now,
+            model_available=self.model_available,
+            on_queued=self.on_queued,
         )
         complete_due_series(
-            self.sessions, self.settings, now=now, model_available=self.model_available
+            self.sessions,
+            self.settings,
+            now=now,
+            model_available=self.model_available,
+            on_queued=self.on_queued,
         )
         wait = self.settings.completion.scan_interval
         candidates = [next_quiet_due(self.sessions, self.settings)]
