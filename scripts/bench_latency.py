@@ -69,7 +69,7 @@ STAGES = (
     ("route", "route (rules, job queued)"),
     ("queue", "queue wait (job picked up)"),
     ("model", "model: read, decode, infer, Grad-CAM"),
-    ("results", "results: SR, SC, heatmap PNG, rows"),
+    ("results", "results: SR, SC, files, rows"),
     ("heatmap_png", "heatmap PNG for the admin page (*)"),
     ("delivery", "delivery: wait, associate, 2 C-STOREs"),
     ("e2e", "end-to-end from the last Success"),
