@@ -445,6 +445,7 @@ class DeliveryThread(threading.Thread):
         self.deliverer = deliverer
         self.interval = interval
         self.stopped = threading.Event()
+        self._own_wakeup = wakeup is None
         self.wakeup = wakeup if wakeup is not None else Doorbell()
 
     def run(self) -> None:
@@ -454,6 +455,8 @@ class DeliveryThread(threading.Thread):
             except Exception:
                 log.exception("delivery loop failed; retrying")
             self.wakeup.wait(self.interval)
+        if self._own_wakeup:
+            self.wakeup.close()
 
     def stop(self) -> None:
         self.stopped.set()
