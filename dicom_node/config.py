@@ -142,6 +142,16 @@ class CompletionSettings(_Strict):
     quiet_seconds: float = Field(30, ge=0)
     late_instances: Literal["rerun", "ignore"] = "rerun"
     scan_interval: float = Field(1.0, gt=0)
+    # Calling AE titles that send whole series per association (a PACS forwarding a
+    # study): their series are complete when the association is released cleanly, plus
+    # release_grace_seconds, instead of after the quiet period.
+    release_aes: tuple[str, ...] = ()
+    release_grace_seconds: float = Field(1.0, ge=0, le=3600)
+
+    @field_validator("release_aes")
+    @classmethod
+    def _aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae(v) for v in value)
 
 
 class WorkerSettings(_Strict):

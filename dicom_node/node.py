@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from dicom_node.config import Settings
 from dicom_node.dispatch.delivery import Deliverer, DeliveryThread
+from dicom_node.doorbell import Doorbell
 from dicom_node.process.queue import requeue_interrupted
 from dicom_node.process.worker import InProcessWorker, model_cache, worker_main
 from dicom_node.receive.reconcile import reconcile_spool
@@ -50,11 +51,24 @@ class Node:
         self.engine: Engine = create_engine(settings.database_url, migrate=False)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(settings.spool_dir)
-        self.scp = StoreSCP(settings, self.sessions, self.spool)
         self.model_available = model_availability(settings)
-        self.completion = CompletionThread(self.sessions, settings, self.model_available)
-        self.deliverer = Deliverer(settings, self.sessions)
-        self.delivery = DeliveryThread(self.deliverer)
+        # The hot path has no poll waits: a routed series rings the workers' doorbell, a job
+        # that queued results rings the delivery's (the polls stay, as safety nets).
+        self.jobs_queued = Doorbell()
+        self.results_queued = Doorbell()
+        self.completion = CompletionThread(
+            self.sessions, settings, self.model_available, on_queued=self.jobs_queued.ring
+        )
+        # A clean release from a sender that sends whole series ends them (per-sender
+        # completion policy); the receiver only reports it, the route stage decides.
+        self.scp = StoreSCP(
+            settings,
+            self.sessions,
+            self.spool,
+            on_released=self.completion.association_released,
+        )
+        self.deliverer = Deliverer(settings, self.sessions, on_lane_free=self.results_queued.ring)
+        self.delivery = DeliveryThread(self.deliverer, wakeup=self.results_queued)
         self._models = models
         self._web_enabled = web
         self._web: Any = None
@@ -102,7 +116,13 @@ class Node:
         self._running.set()
         if self.settings.workers.processes == 0 or self._models is not None:
             models = self._models if self._models is not None else model_cache(self.settings)
-            self._inproc = InProcessWorker(self.settings, self.sessions, models)
+            self._inproc = InProcessWorker(
+                self.settings,
+                self.sessions,
+                models,
+                jobs_queued=self.jobs_queued,
+                results_queued=self.results_queued,
+            )
             self._inproc.start()
         else:
             for i in range(self.settings.workers.processes):
@@ -153,7 +173,9 @@ class Node:
     def _spawn_worker(self, name: str) -> None:
         ctx = mp.get_context("spawn")
         proc = ctx.Process(
-            target=worker_main, args=(self.settings, name, self._stop), name=f"worker-{name}"
+            target=worker_main,
+            args=(self.settings, name, self._stop, self.jobs_queued, self.results_queued),
+            name=f"worker-{name}",
         )
         proc.daemon = True
         proc.start()
@@ -182,6 +204,7 @@ class Node:
         setter = threading.Thread(target=self._stop.set, daemon=True)
         setter.start()
         setter.join(timeout=5)
+        self.jobs_queued.ring()  # idle workers see the stop now, not after their poll
         self.scp.stop()
         self.completion.stop()
         self.delivery.stop()
@@ -199,6 +222,8 @@ class Node:
         for thread, timeout in ((self.completion, 10), (self.delivery, 30)):
             if thread.ident is not None:  # a failed start may not have started it
                 thread.join(timeout=timeout)
+        self.jobs_queued.close()
+        self.results_queued.close()
         self.engine.dispose()
         # Last: another node may take the folder once we no longer write to it.
         self.lock.release()

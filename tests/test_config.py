@@ -120,3 +120,15 @@ def test_malformed_manifest_stops_start_up(
     assert main(["--config", str(config), "models", "list"]) == 2
     err = capsys.readouterr().err
     assert "broken/model.toml" in err and "version" in err
+
+
+def test_release_aes_are_checked_like_other_ae_titles(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[completion]\nrelease_aes = ["PACS\\\\1"]\n')
+    assert "completion.release_aes" in message and "backslash" in message
+    message = _error(tmp_path, "[completion]\nrelease_grace_seconds = -1\n")
+    assert "completion.release_grace_seconds" in message
+    settings = load_settings(
+        environ={"DICOM_NODE__COMPLETION__RELEASE_AES": '["PACS1 "]'},
+    )
+    assert settings.completion.release_aes == ("PACS1",)
+    assert settings.completion.release_grace_seconds == 1.0

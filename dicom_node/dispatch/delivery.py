@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Destination, Settings
+from dicom_node.doorbell import Doorbell
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
@@ -164,10 +165,12 @@ class _Lanes:
     flight are skipped by the next scan, so nothing is sent twice at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_free: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._busy: dict[str, int] = defaultdict(int)
         self._in_flight: set[int] = set()
+        # Called when a batch ends: deliveries that found their lane full go out now.
+        self._on_free = on_free
 
     def in_flight(self) -> frozenset[int]:
         with self._lock:
@@ -200,6 +203,8 @@ class _Lanes:
                 with self._lock:
                     self._busy[dest.name] -= 1
                     self._in_flight -= ids
+                if self._on_free is not None:
+                    self._on_free()
 
         thread = threading.Thread(target=run, name=f"deliver-{dest.name}", daemon=True)
         thread.start()
@@ -210,11 +215,17 @@ class Deliverer:
     """Sends due deliveries: per destination, batches of up to 128 objects over one
     association each, in that destination's lane (``_Lanes``)."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        on_lane_free: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.counts: dict[str, int] = defaultdict(int)
-        self._lanes = _Lanes()
+        self._lanes = _Lanes(on_lane_free)
 
     def due(
         self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
@@ -420,14 +431,22 @@ def _association_failure(assoc: Association, dest: Destination) -> str:
 
 
 class DeliveryThread(threading.Thread):
-    """Runs the deliverer in the serving process; wakes early when new work is queued."""
+    """Runs the deliverer in the serving process.
 
-    def __init__(self, deliverer: Deliverer, interval: float = 0.5) -> None:
+    It sleeps on a doorbell that the workers ring when a job has queued deliveries (and a
+    lane rings when it frees up), so results leave as soon as they are written; the
+    ``interval`` poll is the safety net, and the timer of retries whose backoff ends.
+    """
+
+    def __init__(
+        self, deliverer: Deliverer, interval: float = 0.5, wakeup: Doorbell | None = None
+    ) -> None:
         super().__init__(name="delivery", daemon=True)
         self.deliverer = deliverer
         self.interval = interval
         self.stopped = threading.Event()
-        self.wakeup = threading.Event()
+        self._own_wakeup = wakeup is None
+        self.wakeup = wakeup if wakeup is not None else Doorbell()
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -436,8 +455,9 @@ class DeliveryThread(threading.Thread):
             except Exception:
                 log.exception("delivery loop failed; retrying")
             self.wakeup.wait(self.interval)
-            self.wakeup.clear()
+        if self._own_wakeup:
+            self.wakeup.close()
 
     def stop(self) -> None:
         self.stopped.set()
-        self.wakeup.set()
+        self.wakeup.ring()

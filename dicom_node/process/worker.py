@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicom_node.config import Settings
+from dicom_node.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,14 @@ def run_jobs(
     stop: Any,
     poll_interval: float,
     keep_going: Callable[[], bool] = lambda: True,
+    jobs_queued: Doorbell | None = None,
 ) -> None:
     """Claim and run jobs until ``stop`` (a threading or multiprocessing Event) is set.
 
-    The one job loop of both the worker processes and the in-process worker.
+    The one job loop of both the worker processes and the in-process worker. With nothing
+    to claim it waits for ``jobs_queued`` (rung when completion queues a job, and when the
+    node stops), at most ``poll_interval`` seconds: the poll is the safety net for jobs
+    queued without a ring (requeued at start-up, re-runs from the admin page).
     """
     from dicom_node.process import queue
 
@@ -86,14 +91,27 @@ def run_jobs(
             log.exception("cannot claim a job; retrying")
             job_id = None
         if job_id is None:
-            stop.wait(poll_interval)
+            if jobs_queued is not None:
+                jobs_queued.wait(poll_interval)
+            else:
+                stop.wait(poll_interval)
             continue
         log.info("job %d started", job_id)
         runner.run(job_id)
 
 
-def worker_main(settings: Settings, name: str, stop: Any) -> None:
-    """Entry point of a worker process (multiprocessing, spawn start method)."""
+def worker_main(
+    settings: Settings,
+    name: str,
+    stop: Any,
+    jobs_queued: Doorbell | None = None,
+    results_queued: Doorbell | None = None,
+) -> None:
+    """Entry point of a worker process (multiprocessing, spawn start method).
+
+    ``jobs_queued`` wakes this worker when a job is queued; the worker rings
+    ``results_queued`` when a job has queued deliveries, to wake the delivery thread.
+    """
     from dicom_node.logs import setup_logging
     from dicom_node.process.runner import JobRunner
     from dicom_node.receive.pynetdicom_ext import configure_pydicom
@@ -118,7 +136,12 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
     sessions = session_factory(engine)
     models = model_cache(settings)
     _preload(models, settings)
-    runner = JobRunner(settings, sessions, models)
+    runner = JobRunner(
+        settings,
+        sessions,
+        models,
+        on_deliveries=results_queued.ring if results_queued is not None else None,
+    )
     log.info("worker %s started (pid %d)", name, os.getpid())
     parent = os.getppid()
 
@@ -130,7 +153,15 @@ def worker_main(settings: Settings, name: str, stop: Any) -> None:
         log.warning("worker %s: parent process gone, exiting", name)
         return False
 
-    run_jobs(runner, sessions, name, stop, settings.workers.poll_interval, parent_alive)
+    run_jobs(
+        runner,
+        sessions,
+        name,
+        stop,
+        settings.workers.poll_interval,
+        parent_alive,
+        jobs_queued=jobs_queued,
+    )
     engine.dispose()
     log.info("worker %s stopped", name)
 
@@ -139,16 +170,29 @@ class InProcessWorker(threading.Thread):
     """Runs jobs in a thread of the current process (``workers.processes = 0``; tests)."""
 
     def __init__(
-        self, settings: Settings, sessions: Any, models: Any, name: str = "inproc"
+        self,
+        settings: Settings,
+        sessions: Any,
+        models: Any,
+        name: str = "inproc",
+        *,
+        jobs_queued: Doorbell | None = None,
+        results_queued: Doorbell | None = None,
     ) -> None:
         super().__init__(name=f"worker-{name}", daemon=True)
         from dicom_node.process.runner import JobRunner
 
         self.settings = settings
         self.sessions = sessions
-        self.runner = JobRunner(settings, sessions, models)
+        self.runner = JobRunner(
+            settings,
+            sessions,
+            models,
+            on_deliveries=results_queued.ring if results_queued is not None else None,
+        )
         self.worker_name = name
         self.stopped = threading.Event()
+        self.jobs_queued = jobs_queued
 
     def run(self) -> None:
         run_jobs(
@@ -157,7 +201,10 @@ class InProcessWorker(threading.Thread):
             self.worker_name,
             self.stopped,
             self.settings.workers.poll_interval,
+            jobs_queued=self.jobs_queued,
         )
 
     def stop(self) -> None:
         self.stopped.set()
+        if self.jobs_queued is not None:
+            self.jobs_queued.ring()

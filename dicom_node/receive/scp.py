@@ -9,13 +9,14 @@ patient data in log lines).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from dicom_node.receive.index import IndexCache, InstanceMeta, index_instance
 from dicom_node.receive.meta import read_meta
 from dicom_node.receive.spool import Spool, SpoolFullError
 from dicom_node.receive.statuses import Status, StoreRejectedError
+from dicom_node.store.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,40 @@ class ReceiveStats:
                 setattr(self, key, getattr(self, key) + value)
 
 
+@dataclass(frozen=True)
+class ReleasedAssociation:
+    """An association that ended with a clean A-RELEASE, and the series it carried.
+
+    DICOM has no "series complete" message, but a sender that releases its association
+    cleanly has said it has nothing more to send on it; for senders known to send whole
+    series per association this is the end of the series (``dicom_node.route.completion``
+    decides whom to believe). An A-ABORT or a dropped connection says nothing of the kind
+    and is not reported.
+    """
+
+    calling_ae: str
+    series_uids: frozenset[str]
+    # Those of ``series_uids`` that other associations, still open at the release, have
+    # also sent instances of: more of them may be on the way there.
+    open_elsewhere: frozenset[str]
+    released_at: dt.datetime  # after every instance of the association was indexed
+
+
+@dataclass
+class _AssociationState:
+    """What the SCP keeps per association while it lasts."""
+
+    cache: IndexCache = field(default_factory=IndexCache)
+    series: set[str] = field(default_factory=set)
+
+
 class StoreSCP:
-    """The node's Application Entity in the SCP role."""
+    """The node's Application Entity in the SCP role.
+
+    ``on_instance`` is called after each stored instance and ``on_released`` after each
+    cleanly released association that stored something, both in the association's thread:
+    they must be quick and must not raise (an exception is logged and ignored).
+    """
 
     def __init__(
         self,
@@ -119,18 +153,22 @@ class StoreSCP:
         spool: Spool,
         *,
         on_instance: Callable[[InstanceMeta], None] | None = None,
+        on_released: Callable[[ReleasedAssociation], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.spool = spool
         self.on_instance = on_instance
+        self.on_released = on_released
         self.stats = ReceiveStats()
         self._server: ThreadedAssociationServer | None = None
         self._acceptor: threading.Thread | None = None
-        # Study/series ids per association (a series usually arrives on one association);
-        # weak keys, so an ended association's cache goes with it.
-        self._caches: weakref.WeakKeyDictionary[Any, IndexCache] = weakref.WeakKeyDictionary()
-        self._caches_lock = threading.Lock()
+        # Per association: study/series ids (a series usually arrives on one association)
+        # and the series received; weak keys, so an ended association's state goes with it.
+        self._associations: weakref.WeakKeyDictionary[Any, _AssociationState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._associations_lock = threading.Lock()
         # fsyncs run here, overlapped with the handler's CPU work (see _store); from start()
         # to stop(), inline otherwise.
         self._io: futures.ThreadPoolExecutor | None = None
@@ -187,6 +225,8 @@ class StoreSCP:
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_RELEASED, self._handle_released),
+            (evt.EVT_ABORTED, self._handle_aborted),
         ]
         scp = self.settings.scp
         # Each incoming dataset is streamed to a file in this spool's own folder instead
@@ -266,6 +306,45 @@ class StoreSCP:
             event.assoc.acceptor.ae_title,
         )
 
+    def _handle_released(self, event: Event) -> None:
+        """A clean A-RELEASE: report the series of the association (never raises)."""
+        try:
+            released = self._released(event.assoc)
+            if released is not None and self.on_released is not None:
+                self.on_released(released)
+        except Exception:  # pynetdicom logs and swallows it too; say which step failed
+            log.exception("could not report a released association")
+
+    def _released(self, assoc: Any) -> ReleasedAssociation | None:
+        released_at = utcnow()
+        with self._associations_lock:
+            state = self._associations.pop(assoc, None)
+            if state is None or not state.series:
+                return None
+            series = frozenset(state.series)
+            elsewhere: set[str] = set()
+            for other, other_state in list(self._associations.items()):
+                if other.is_established and other.is_alive():
+                    elsewhere |= series & other_state.series
+        return ReleasedAssociation(
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            series_uids=series,
+            open_elsewhere=frozenset(elsewhere),
+            released_at=released_at,
+        )
+
+    def _handle_aborted(self, event: Event) -> None:
+        """An A-ABORT: nothing is reported, the series wait for their quiet period."""
+        with self._associations_lock:
+            state = self._associations.pop(event.assoc, None)
+        if state is not None and state.series:
+            req = event.assoc.requestor
+            log.info(
+                "association from %s aborted after instances of %d series",
+                req.ae_title,
+                len(state.series),
+            )
+
     def _host_refused(self, address: str) -> None:
         self.stats.add(rejected_associations=1)
         log.warning("connection from %s refused: host not allowed", address)
@@ -295,12 +374,12 @@ class StoreSCP:
         except Exception:  # the handler starts the fsync itself then
             log.exception("could not start an incoming file's fsync early")
 
-    def _cache_for(self, assoc: Any) -> IndexCache:
-        with self._caches_lock:
-            cache = self._caches.get(assoc)
-            if cache is None:
-                cache = self._caches[assoc] = IndexCache()
-            return cache
+    def _state_for(self, assoc: Any) -> _AssociationState:
+        with self._associations_lock:
+            state = self._associations.get(assoc)
+            if state is None:
+                state = self._associations[assoc] = _AssociationState()
+            return state
 
     def _handle_store(self, event: Event) -> int:
         request = event.request
@@ -368,6 +447,7 @@ class StoreSCP:
         )
         folder_synced = self._background(self.spool.sync_folder, stored.path.parent)
         requestor = event.assoc.requestor
+        state = self._state_for(event.assoc)
         try:
             outcome = index_instance(
                 self.sessions,
@@ -377,12 +457,14 @@ class StoreSCP:
                 calling_ae=str(requestor.ae_title).strip(),
                 remote_address=str(requestor.address),
                 late_rule=self.settings.completion.late_instances,
-                cache=self._cache_for(event.assoc),
+                cache=state.cache,
                 before_commit=folder_synced.result,
             )
         finally:
             futures.wait([folder_synced])
         folder_synced.result()  # Success needs the name durable, whatever index_instance did
+        with self._associations_lock:
+            state.series.add(meta.series_uid)
         if outcome.created:
             self.stats.add(instances=1, bytes=stored.size)
         else:

@@ -59,6 +59,8 @@ class EventKind(StrEnum):
     INSTANCE_DUPLICATE = "instance.duplicate"
     SERIES_REOPENED = "series.reopened"
     SERIES_COMPLETED = "series.completed"
+    # A clean release of a release AE did not complete the series (the quiet period will).
+    SERIES_RELEASE_IGNORED = "series.release_ignored"
     SERIES_ROUTED = "series.routed"
     SERIES_UNROUTED = "series.unrouted"
     SERIES_IGNORED = "series.ignored"

@@ -12,7 +12,8 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from PIL import Image
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import select
 
 from dicom_node.store.db import Delivery, Job, Result, Series
@@ -108,13 +109,18 @@ def test_chest_job_results_rerun_and_late_instance(
     assert result.positive_probability == pytest.approx(result.probabilities["PNEUMONIA"])
     assert [s["sop_instance_uid"] for s in result.slice_scores] == [source.SOPInstanceUID]
     assert {"decode", "preprocess", "infer", "explain", "total"} <= set(result.timings)
-    assert Path(result.heatmap_path).is_file()
+    # The admin page's picture is at display size; the SC below keeps the source's size.
+    with Image.open(result.heatmap_path) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == (round(source.Columns * 1024 / source.Rows), 1024)
     kinds = sorted(o["kind"] for o in result.objects)
     assert kinds == ["sc", "sr:comprehensive3d"]
 
     received = _received(folder)
     assert set(received) == {o["sop_instance_uid"] for o in result.objects}
     for ds in received.values():
+        if ds.SOPClassUID == SecondaryCaptureImageStorage:  # full size, plus a text band
+            assert ds.Columns == source.Columns and ds.Rows > source.Rows
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert_dciodvfy_clean(ds)
