@@ -269,7 +269,7 @@ def failure_reason(exc: BaseException) -> str:
     adds which certificate check failed.
     """
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
+        return f"certificate verify failed: {exc.verify_message.rstrip('.')}"
     if isinstance(exc, TimeoutError):
         return "no TLS handshake within the time allowed"
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionError):

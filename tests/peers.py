@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pydicom
 from pynetdicom import AE, _config
@@ -36,9 +36,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+class PeerExitedError(RuntimeError):
+    """The peer process ended while we waited for its port."""
+
+
+def wait_for_port(
+    port: int,
+    timeout: float = 20.0,
+    host: str = "127.0.0.1",
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Until something accepts connections on ``host:port``; with ``process``, stop
+    waiting (PeerExitedError) as soon as that process has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise PeerExitedError(f"the process for {host}:{port} exited ({process.returncode})")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -248,6 +261,39 @@ class Orthanc:
         raise TimeoutError(f"Orthanc holds {len(found)} instance(s), expected {count}")
 
 
+def _start_orthanc(
+    folder: Path, config: dict[str, Any], *, new_dicom_port: bool
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start Orthanc and wait for its ports.
+
+    ``free_port()`` finds a port free now; on a machine busy with other tests another
+    process sometimes takes it before Orthanc binds it, and Orthanc exits ("already in
+    use"). Then it starts again on new ports (the DICOM port only if we chose it).
+    """
+    cfg_path, log_path = folder / "orthanc.json", folder / "orthanc.log"
+    for attempt in range(3):
+        cfg_path.write_text(json.dumps(config, indent=2))
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by run_orthanc
+        proc = subprocess.Popen([ORTHANC, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(config["HttpPort"], timeout=30, process=proc)
+            wait_for_port(config["DicomPort"], timeout=30, process=proc)
+            return proc, log
+        except PeerExitedError:
+            log.close()
+            if attempt == 2 or "already in use" not in log_path.read_text(errors="replace"):
+                raise
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            log.close()
+            raise
+        config["HttpPort"] = free_port()
+        if new_dicom_port:
+            config["DicomPort"] = free_port()
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def run_orthanc(
     folder: Path,
@@ -265,14 +311,12 @@ def run_orthanc(
     the same certificate when it connects to a modality over TLS.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    http_port = free_port()
-    dicom_port = dicom_port or free_port()
     config: dict[str, Any] = {
         "Name": "test-pacs",
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "index"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
+        "HttpPort": free_port(),
+        "DicomPort": dicom_port or free_port(),
         "DicomAet": aet,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
@@ -301,13 +345,9 @@ def run_orthanc(
         script = folder / "forward.lua"
         script.write_text(lua)
         config["LuaScripts"] = [str(script)]
-    cfg_path = folder / "orthanc.json"
-    cfg_path.write_text(json.dumps(config, indent=2))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([ORTHANC, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+    proc, log = _start_orthanc(folder, config, new_dicom_port=dicom_port is None)
+    http_port, dicom_port = config["HttpPort"], config["DicomPort"]
     try:
-        wait_for_port(http_port, timeout=30)
-        wait_for_port(dicom_port, timeout=30)
         # The REST API answers a little after the port opens.
         deadline = time.monotonic() + 20
         while True:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from dicom_node.store.db import Instance, Series
 from dicom_node.tls import client_context
-from tests.commands.test_serve import _config, _serve_fails
+from tests.commands.test_serve import _config, _serve, _serve_fails, _stop, _wait_ready
 from tests.dicom_files import dataset_bytes, pydicom_file
 from tests.peers import (
     DCMTK_ENV,
@@ -355,3 +355,40 @@ def test_unusable_certificate_stops_serve_in_one_line(tls_files: TlsFiles, tmp_p
     assert "scp.tls.ca_certificates" in message and "no PEM certificate in it" in message
     # Nothing was bound or created: the node stopped before it touched its folder.
     assert not (tmp_path / "data" / "dicom-node.db").exists()
+
+
+@dcmtk
+def test_serve_tls_only(tls_files: TlsFiles, tmp_path: Path) -> None:
+    """A real ``dicom-node serve`` with only the TLS door: its banner names it, DCMTK
+    echoes over mutual TLS, and the plain port stays closed."""
+    plain, tls_port = free_port(), free_port()
+    config = _config(tmp_path, tmp_path / "data", plain)
+    config.write_text(
+        config.read_text()
+        + f"""
+[scp.tls]
+enabled = true
+only = true
+port = {tls_port}
+certificate = "{tls_files.server_cert}"
+private_key = "{tls_files.server_key}"
+ca_certificates = "{tls_files.ca}"
+"""
+    )
+    log = tmp_path / "serve.log"
+    proc = _serve(config, log)
+    try:
+        _wait_ready(proc, log)
+        assert f"on TLS 127.0.0.1:{tls_port}; data in" in log.read_text()
+        mutual = dcmtk_tls(tls_files, tls_files.client_cert, tls_files.client_key)
+        echo = subprocess.run(
+            ["echoscu", *mutual, "-aec", "DICOM_NODE", "127.0.0.1", str(tls_port)],
+            env=DCMTK_ENV,
+            capture_output=True,
+            timeout=60,
+        )
+        assert echo.returncode == 0, echo.stderr
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", plain), timeout=5).close()
+    finally:
+        _stop(proc)
