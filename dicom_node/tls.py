@@ -52,8 +52,8 @@ _HINTS = {
     "UNKNOWN_PROTOCOL": _NOT_TLS,
     "HTTP_REQUEST": _NOT_TLS,
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer wants our client certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer does not accept our client certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA of our client certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer does not accept our certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA of our certificate",
 }
 
 

@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -359,13 +360,31 @@ def test_unusable_certificate_stops_serve_in_one_line(tls_files: TlsFiles, tmp_p
 
 @dcmtk
 def test_serve_tls_only(tls_files: TlsFiles, tmp_path: Path) -> None:
-    """A real ``dicom-node serve`` with only the TLS door: its banner names it, DCMTK
-    echoes over mutual TLS, and the plain port stays closed."""
+    """A real ``dicom-node serve`` with only the TLS door: its banner names it, DCMTK sends
+    over mutual TLS, the plain port stays closed. A forward route sends the series back to
+    the node over TLS trusting the wrong CA: the attempt fails with the reason in one log
+    line each side, and no traceback (pynetdicom's is filtered)."""
     plain, tls_port = free_port(), free_port()
     config = _config(tmp_path, tmp_path / "data", plain)
+    text = config.read_text().replace("routes = []\ndestinations = []\n", "")
     config.write_text(
-        config.read_text()
-        + f"""
+        f"""
+[[destinations]]
+name = "self"
+ae_title = "DICOM_NODE"
+host = "127.0.0.1"
+port = {tls_port}
+backoff_seconds = 60
+tls = {{ ca_certificates = "{tls_files.untrusted_cert}" }}
+
+[[routes]]
+name = "back"
+match = {{ Modality = "^CT$" }}
+forward = true
+destinations = ["self"]
+{text}
+[completion]
+quiet_seconds = 0.5
 [scp.tls]
 enabled = true
 only = true
@@ -381,14 +400,21 @@ ca_certificates = "{tls_files.ca}"
         _wait_ready(proc, log)
         assert f"on TLS 127.0.0.1:{tls_port}; data in" in log.read_text()
         mutual = dcmtk_tls(tls_files, tls_files.client_cert, tls_files.client_key)
-        echo = subprocess.run(
-            ["echoscu", *mutual, "-aec", "DICOM_NODE", "127.0.0.1", str(tls_port)],
-            env=DCMTK_ENV,
-            capture_output=True,
-            timeout=60,
-        )
-        assert echo.returncode == 0, echo.stderr
+        assert storescu(tls_port, [pydicom_file("CT_small.dcm")], extra=mutual).returncode == 0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", plain), timeout=5).close()
+        wait_for_text(log, "failed, attempt 1: TLS handshake with DICOM_NODE@127.0.0.1")
+        text = log.read_text()
+        assert "certificate verify failed: self-signed certificate in certificate chain" in text
+        assert "refused: tlsv1 alert unknown ca (the peer does not trust the CA of our" in text
+        assert "Traceback" not in text
     finally:
         _stop(proc)
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} not in {path} after {timeout} s:\n{path.read_text()}")
+        time.sleep(0.2)
