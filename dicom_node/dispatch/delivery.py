@@ -253,7 +253,13 @@ class _Lanes:
 
 class Deliverer:
     """Sends due deliveries: per destination, batches of up to 128 objects over one
-    association each, in that destination's lane (``_Lanes``)."""
+    association each, in that destination's lane (``_Lanes``).
+
+    Raises
+    ------
+    ConfigError
+        A TLS destination's certificate, key or CA bundle cannot be used (``check_tls``).
+    """
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from dicom_node.config import StartupError
 from dicom_node.store.db import Instance, Series
 from dicom_node.tls import client_context
 from tests.commands.test_serve import _config, _serve, _serve_fails, _stop, _wait_ready
@@ -328,6 +329,18 @@ def test_tls_only_opens_no_plain_port(start_node: Any, tls_files: TlsFiles) -> N
 
 
 # -- start-up: one line naming the setting and the file -------------------------------------
+
+
+def test_tls_port_in_use_names_its_setting(start_node: Any, tls_files: TlsFiles) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        section = tls_section(tls_files)
+        section["tls"]["port"] = busy.getsockname()[1]
+        with pytest.raises(StartupError) as info:
+            start_node(scp=section)
+    assert str(info.value).startswith(f"scp.tls.port {section['tls']['port']} on 127.0.0.1 is")
+    assert "DICOM_NODE__SCP__TLS__PORT" in str(info.value)
 
 
 def test_unusable_certificate_stops_serve_in_one_line(tls_files: TlsFiles, tmp_path: Path) -> None:
