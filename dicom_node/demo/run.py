@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
-from dicom_node.config import Settings
+from dicom_node.config import Settings, StartupError
 from dicom_node.demo.minipacs import (
     BuiltinPacs,
     LocalPacs,
@@ -579,7 +579,8 @@ def push_studies(pacs: LocalPacs, demo: Sequence[DemoSeries], node: Any, out: Pr
         progress=False,
     )
     if not summary.ok:
-        raise RuntimeError("the node did not accept every study:\n" + summary.describe())
+        problems = "; ".join(summary.problems[:3]) or summary.describe()
+        raise RuntimeError(f"the node did not accept every study: {problems}")
 
 
 def _web_lines(node: Any, settings: Settings) -> list[str]:
@@ -671,6 +672,8 @@ def run_demo(base: Settings, options: DemoOptions, out: Print = print) -> int:
     except KeyboardInterrupt:
         out("Interrupted; stopping.")
         return 130
+    except StartupError:
+        raise  # the data folder is in use or a port taken: one line from the command line
     except RuntimeError as exc:
         out(f"demo failed: {exc}")
         return 1
