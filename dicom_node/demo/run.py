@@ -507,6 +507,12 @@ def summary_lines(rows: Sequence[DemoRow]) -> list[str]:
 # -- the run -----------------------------------------------------------------------------
 
 
+def _not_waiting_routes(record: logging.LogRecord) -> bool:
+    """Keep the node's start-up warnings about routes waiting for weights off the console:
+    the demo says it in one note (``_model_notes``); the log file keeps each of them."""
+    return not (record.name == "dicom_node.node" and "waits for the weights" in record.getMessage())
+
+
 def _setup_logging(log_file: Path) -> None:
     """Node logs go to a file; the console keeps the demo's own story (and warnings).
 
@@ -517,6 +523,7 @@ def _setup_logging(log_file: Path) -> None:
     file_handler.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
+    console.addFilter(_not_waiting_routes)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)-7s [demo] %(name)s: %(message)s",

@@ -40,6 +40,7 @@ class SendSummary:
 
     found: int = 0  # DICOM files to send
     sent: int = 0  # C-STOREs the peer answered
+    stored: int = 0  # ... with success or a warning: the peer holds them
     statuses: Counter[str] = field(default_factory=Counter)
     skipped: list[str] = field(default_factory=list)  # in folders: not DICOM or unreadable
     problems: list[str] = field(default_factory=list)  # one line each, for stderr
@@ -47,11 +48,14 @@ class SendSummary:
     @property
     def ok(self) -> bool:
         """Every DICOM file was sent and stored, and every named file was DICOM."""
-        return not self.problems and self.found > 0 and self.sent == self.found
+        return not self.problems and self.found > 0 and self.stored == self.found
 
     def describe(self) -> str:
         """The counts: files sent, per status, and files skipped in folders."""
-        lines = [f"sent {self.sent} of {self.found} file(s)"]
+        if self.found:
+            lines = [f"sent {self.sent} of {self.found} file(s), {self.stored} stored"]
+        else:
+            lines = ["nothing to send: no DICOM files"]
         for status, count in sorted(self.statuses.items()):
             lines.append(f"  {status}: {count}")
         if self.skipped:
@@ -242,7 +246,9 @@ def _send_one(assoc: Association, item: DeliveryItem, peer: Peer, summary: SendS
     summary.sent += 1
     category = code_to_category(code)
     summary.statuses[f"0x{code:04X} {category}"] += 1
-    if category not in _STORED_CATEGORIES:
+    if category in _STORED_CATEGORIES:
+        summary.stored += 1
+    else:
         summary.problems.append(
             f"{item.path} refused by {peer}: status 0x{code:04X} ({category}), "
             f"{status_meaning(code)}"

@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.dispatch.sender import send_paths
+from dicom_node.receive.statuses import Status, status_meaning
 from tests.dicom_files import pydicom_file
 from tests.peers import free_port
 
@@ -310,7 +311,8 @@ def test_rejections_and_refusals_by_a_node(tmp_path: Path, start_node: Any) -> N
     outcome = cli(tmp_path, "send", str(truncated), str(CT), "--to", target, "--aet", "KNOWN")
     line = one_line(outcome, f"{truncated} refused by {target}", "0xC210", "cannot be parsed")
     assert "CT_small" not in line  # the stored file is no problem
-    assert "sent 2 of 2 file(s)" in outcome.stdout and "0x0000 Success: 1" in outcome.stdout
+    assert "sent 2 of 2 file(s), 1 stored" in outcome.stdout
+    assert "0x0000 Success: 1" in outcome.stdout
 
 
 def test_no_full_progress_bar_when_nothing_was_sent(tmp_path: Path) -> None:
@@ -321,3 +323,13 @@ def test_no_full_progress_bar_when_nothing_was_sent(tmp_path: Path) -> None:
     assert summary.sent == 0 and not summary.ok
     assert "1/1" not in bar.getvalue() and "100%" not in bar.getvalue()
     assert "connection refused" in summary.problems[0]
+
+
+def test_status_meanings_of_other_receivers() -> None:
+    """Statuses a PACS answers that the node never does get their standard meaning."""
+    assert status_meaning(0xC210) == Status.CANNOT_PARSE.meaning  # ours keep theirs
+    assert "out of resources" in status_meaning(0xA7F0)
+    assert "does not store this SOP class" in status_meaning(0x0122)
+    assert "refuses duplicates" in status_meaning(0x0111)
+    assert "cannot understand" in status_meaning(0xC123)
+    assert status_meaning(0xB000).startswith("stored")
