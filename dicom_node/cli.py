@@ -5,6 +5,10 @@ few lines; each offers ``register(subparsers)`` and a ``run(args, settings)`` fu
 Configuration errors end the program with exit status 2 and a message that names the file
 and the key, start-up errors (``StartupError``: data folder in use, port taken) with one line
 naming the folder or the setting; DICOM failures print the status code and its meaning.
+
+An operator's mistake is never a traceback: a command raises ``OperatorError`` (a file that
+is not DICOM, a missing folder, a peer that refuses us) and ``main`` prints it as one line on
+stderr; a wrong argument is one line too (argparse's usage block is left to ``--help``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from dicom_node import __version__
-from dicom_node.config import ConfigError, Settings, StartupError, load_settings
+from dicom_node.config import ConfigError, OperatorError, Settings, StartupError, load_settings
 
 log = logging.getLogger("dicom_node")
 
@@ -41,8 +46,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line that points to ``--help``.
+
+    argparse prints the whole usage block before the error, which for ``send`` or ``train``
+    is several lines the operator must read past; the sub-command parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dicom-node",
         description="DICOM node running CNN classifiers on received series. "
         "Not for diagnostic use.",
@@ -82,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the setting. The operator fixes these, so one line and no traceback.
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
+    except OperatorError as exc:
+        # What the operator asked cannot be done, and why is theirs to fix: one line.
+        action = getattr(args, f"{args.command}_command", None)  # users add, models check
+        command = f"{args.command} {action}" if action else args.command
+        print(f"dicom-node {command}: {exc}", file=sys.stderr)
+        return exc.exit_status
 
 
 if __name__ == "__main__":  # pragma: no cover

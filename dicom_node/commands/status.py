@@ -1,14 +1,22 @@
-"""``dicom-node status``: counts per state and the most recent failures, from the database."""
+"""``dicom-node status``: counts per state and the most recent failures, from the database.
+
+It only reads: a configuration that points at no database (a mistyped data folder, a node
+that never ran) is said so in one line, instead of creating an empty database and
+reporting zero of everything.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, make_url, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.config import Settings
+from dicom_node.config import OperatorError, Settings
 from dicom_node.store.db import (
     Delivery,
     Instance,
@@ -21,13 +29,59 @@ from dicom_node.store.db import (
 from dicom_node.store.states import DeliveryState, JobState
 
 
+def open_existing(settings: Settings) -> Engine:
+    """The node's database, without creating or migrating it.
+
+    Raises
+    ------
+    OperatorError
+        No SQLite file at the configured place, a server that cannot be reached, or a
+        database without the node's tables.
+    """
+    url = make_url(settings.database_url)
+    shown = url.render_as_string(hide_password=True)
+    change = (
+        "point DICOM_NODE__NODE__DATA_DIR or --config at the node's data folder (or "
+        "DICOM_NODE__STORAGE__DATABASE_URL at its database), or start the node first "
+        "with `dicom-node serve`"
+    )
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        if not path.is_file():
+            raise OperatorError(
+                f"no database at {path}: no node has run with this configuration; {change}"
+            )
+    engine = create_engine(settings.database_url, migrate=False)
+    try:
+        if not inspect(engine).has_table(Study.__tablename__):
+            raise OperatorError(f"{shown} has no dicom-node tables; {change}")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise OperatorError(f"cannot open the database {shown}: {reason}") from None
+    return engine
+
+
 def print_status(settings: Settings, *, failures: int = 10) -> int:
-    engine = create_engine(settings.database_url)
+    engine = open_existing(settings)
+    try:
+        return _print_counts(engine, settings, failures)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise OperatorError(
+            f"cannot read the database ({reason}); if the node was upgraded, start it once "
+            "with `dicom-node serve` to migrate it"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _print_counts(engine: Engine, settings: Settings, failures: int) -> int:
     sessions = session_factory(engine)
     with sessions() as session:
         studies = session.scalar(select(func.count(Study.id))) or 0
         instances = session.scalar(select(func.count(Instance.id))) or 0
-        print(f"database: {settings.database_url.split('@')[-1]}")
+        print(f"database: {make_url(settings.database_url).render_as_string(hide_password=True)}")
         print(f"studies: {studies}   instances: {instances}")
         for label, column in (
             ("series", Series.state),
@@ -65,7 +119,6 @@ def print_status(settings: Settings, *, failures: int = 10) -> int:
             print("last failed deliveries:")
             for did, dest, uid, attempts, error in failed_deliveries:
                 print(f"  delivery {did} to {dest}: {uid} after {attempts} attempt(s): {error}")
-    engine.dispose()
     return 0
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config import Settings
+from dicom_node.config import OperatorError, Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -88,11 +88,41 @@ def register(subparsers: Any) -> dict[str, Handler]:
     return {"train": run}
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The folders and files named on the command line exist, before hours of training.
+
+    The package folder itself is made by training; the folder it goes into must exist, so
+    a typo in ``--out`` stops the command now instead of writing the model somewhere else.
+
+    Raises
+    ------
+    OperatorError
+        One line naming the option and the path.
+    """
+    if not args.data_dir.is_dir():
+        raise OperatorError(
+            f"DATA_DIR {args.data_dir} is not a folder; give the folder of class folders"
+        )
+    parent = args.out.parent
+    if not parent.is_dir():
+        raise OperatorError(
+            f"the folder {parent} of --out {args.out} does not exist; create it or choose another"
+        )
+    if args.out.exists() and not args.out.is_dir():
+        raise OperatorError(f"--out {args.out} is a file; give a package folder such as models/ID")
+    weights = args.imagenet_weights
+    if weights is not None and not weights.is_file():
+        raise OperatorError(
+            f"--imagenet-weights {weights} does not exist; give a local *_notop.h5 file"
+        )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Train and report; exit status 0 on success, 1 when training cannot proceed."""
     from inference.seed.architectures import get_architecture
     from inference.seed.training import TrainConfig, TrainingError, train
 
+    check_paths(args)
     arch = get_architecture(args.arch)
     config = TrainConfig(
         epochs=args.epochs,

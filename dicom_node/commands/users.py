@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from dicom_node.config import OperatorError, Settings
 from dicom_node.store import audit, users
 from dicom_node.store.db import create_engine, session_factory
 
@@ -67,8 +67,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _read_password(from_stdin: bool) -> str:
+    """The new password: one line of stdin, or typed twice at the terminal.
+
+    Without a terminal (a script, a pipe, a container without ``-t``) ``getpass`` would
+    warn, echo the password, and read it from stdin; the command stops and names the
+    option for scripts instead.
+    """
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise OperatorError(
+            "no terminal to ask for the password; pipe it in with --password-stdin "
+            "(e.g. printf '%s\\n' \"$PASSWORD\" | dicom-node users ... --password-stdin)"
+        )
     first = getpass.getpass("Password: ")
     if getpass.getpass("Repeat password: ") != first:
         raise users.UserError("the passwords do not match")
@@ -104,12 +115,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     Errors a person can fix (unknown user, weak password) print one line to stderr and
     return 1 instead of a traceback.
     """
+    action = args.users_command
+    # Ask for the password before the database is opened (or created): a command that
+    # cannot get one changes nothing.
+    try:
+        password = _read_password(args.password_stdin) if action in ("add", "passwd") else ""
+    except users.UserError as exc:
+        print(f"dicom-node users {action}: {exc}", file=sys.stderr)
+        return 1
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     try:
-        action = args.users_command
         if action == "add":
-            password = _read_password(args.password_stdin)
             users.add_user(sessions, args.username, password, args.role)
             _audit(sessions, "user_add", args.username, {"role": args.role})
             print(f"user {args.username} added ({args.role})")
@@ -125,7 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             _audit(sessions, "user_disable", args.username)
             print(f"user {args.username} disabled")
         elif action == "passwd":
-            users.set_password(sessions, args.username, _read_password(args.password_stdin))
+            users.set_password(sessions, args.username, password)
             _audit(sessions, "user_passwd", args.username)
             print(f"password of {args.username} changed; their web sessions ended")
         elif action == "unlock":
@@ -145,7 +162,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"unknown users action {action!r}", file=sys.stderr)
             return 2
     except users.UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dicom-node users {action}: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()

@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
-from dicom_node.config import Settings
+from dicom_node.config import Settings, StartupError
 from dicom_node.demo.minipacs import (
     BuiltinPacs,
     LocalPacs,
@@ -507,6 +507,12 @@ def summary_lines(rows: Sequence[DemoRow]) -> list[str]:
 # -- the run -----------------------------------------------------------------------------
 
 
+def _not_waiting_routes(record: logging.LogRecord) -> bool:
+    """Keep the node's start-up warnings about routes waiting for weights off the console:
+    the demo says it in one note (``_model_notes``); the log file keeps each of them."""
+    return not (record.name == "dicom_node.node" and "waits for the weights" in record.getMessage())
+
+
 def _setup_logging(log_file: Path) -> None:
     """Node logs go to a file; the console keeps the demo's own story (and warnings).
 
@@ -517,6 +523,7 @@ def _setup_logging(log_file: Path) -> None:
     file_handler.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
+    console.addFilter(_not_waiting_routes)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)-7s [demo] %(name)s: %(message)s",
@@ -579,7 +586,8 @@ def push_studies(pacs: LocalPacs, demo: Sequence[DemoSeries], node: Any, out: Pr
         progress=False,
     )
     if not summary.ok:
-        raise RuntimeError("the node did not accept every study:\n" + summary.describe())
+        problems = "; ".join(summary.problems[:3]) or summary.describe()
+        raise RuntimeError(f"the node did not accept every study: {problems}")
 
 
 def _web_lines(node: Any, settings: Settings) -> list[str]:
@@ -671,6 +679,8 @@ def run_demo(base: Settings, options: DemoOptions, out: Print = print) -> int:
     except KeyboardInterrupt:
         out("Interrupted; stopping.")
         return 130
+    except StartupError:
+        raise  # the data folder is in use or a port taken: one line from the command line
     except RuntimeError as exc:
         out(f"demo failed: {exc}")
         return 1

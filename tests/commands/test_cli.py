@@ -39,7 +39,7 @@ def test_send_folder_recursively_with_summary(
     )
     out = capsys.readouterr().out
     assert status == 0
-    assert "sent 3 file(s)" in out
+    assert "sent 3 of 3 file(s)" in out
     assert "0x0000 Success: 3" in out
     assert "skipped 1 file(s)" in out
     assert len(node.query(select(Instance))) == 3
@@ -59,7 +59,9 @@ def test_send_reports_refusals_and_bad_target(
         ]
     )
     assert status == 1
-    assert "0xC210 Failure: 1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0xC210 Failure: 1" in captured.out
+    assert "MR_truncated.dcm refused by" in captured.err and "cannot be parsed" in captured.err
     with pytest.raises(SystemExit):
         main(["send", "x.dcm", "--to", "NOPORT@host"])
     assert "expected AE@HOST:PORT" in capsys.readouterr().err
@@ -70,7 +72,9 @@ def test_send_to_nobody_fails_clearly(capsys: pytest.CaptureFixture[str]) -> Non
         ["send", str(pydicom_file("CT_small.dcm")), "--to", f"X@127.0.0.1:{free_port()}", "-q"]
     )
     assert status == 1
-    assert "association failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "sent 0 of 1 file(s)" in captured.out
+    assert "connection refused" in captured.err
 
 
 def test_status_counts_and_failures(

@@ -188,7 +188,9 @@ def test_cli_echo_and_send_over_tls(
     assert "0x0000 Success: 1" in capsys.readouterr().out
     # Without our certificate: the node refuses it, and echo says so.
     assert main(["echo", "127.0.0.1", port, "--aec", "DICOM_NODE", *ca]) == 1
-    assert "association failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "TLS handshake with DICOM_NODE@127.0.0.1" in err
+    assert "certificate required" in err and err.count("\n") == 1
     # A file that cannot be used: one line, exit status 2, the option named.
     assert main(["echo", "127.0.0.1", port, "--tls-ca", str(tls_files.client_key)]) == 2
     err = capsys.readouterr().err

@@ -57,7 +57,8 @@ def test_admin_workflow(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            # 1280 px: the width of a common hospital workstation window.
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
@@ -70,6 +71,8 @@ def test_admin_workflow(
             page.wait_for_url(re.compile(r"/studies"))
             assert page.locator("text=Not for diagnostic use").first.is_visible()
             assert page.locator("table.studies tbody tr").count() == 5
+            # the list fits the window: no sideways scrolling to reach a study's progress
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
             page.screenshot(path=str(ARTIFACTS / "02-studies.png"), full_page=True)
 
             page.select_option("select[name=modality]", "CR")
@@ -79,7 +82,8 @@ def test_admin_workflow(
             assert "CR" not in page.url  # the filter is not in the URL
             page.screenshot(path=str(ARTIFACTS / "03-studies-filtered.png"), full_page=True)
 
-            page.click(f"a[href='/studies/{data.studies['chest']}']")
+            # the study opens from its patient
+            page.click(f"td.patient a[href='/studies/{data.studies['chest']}']")
             page.wait_for_selector("img.gradcam-img")
             image = page.locator("img.gradcam-img").first
             image.scroll_into_view_if_needed()
@@ -87,6 +91,15 @@ def test_admin_workflow(
                 "() => [...document.images].every(i => i.complete)", timeout=10_000
             )
             assert image.evaluate("img => img.naturalWidth") > 0
+            # the Grad-CAM thumbnail opens the picture at its own size in a new tab
+            with page.context.expect_page() as opened:
+                image.click()
+            full = opened.value
+            full.wait_for_load_state()
+            assert full.url.endswith("/gradcam.png")
+            natural = full.evaluate("document.images[0].naturalWidth")
+            assert natural == image.evaluate("img => img.naturalWidth") > 0
+            full.close()
             assert page.locator("ul.sr").first.is_visible()
             page.screenshot(path=str(ARTIFACTS / "04-study.png"), full_page=True)
 

@@ -124,7 +124,7 @@ def test_filters(
     token = csrf_token(admin)
     admin.post("/studies", data={"csrf_token": token, **fields})
     page = admin.get("/studies").text
-    shown = set(re.findall(r"<td>(PID\d{3})</td>", page))
+    shown = set(re.findall(r"class=\"small pid\">(PID\d{3})<", page))
     assert shown == expected
 
 
@@ -138,10 +138,10 @@ def test_invalid_filter_value_is_reported(admin: TestClient, data: FixtureData) 
 
 def test_sorting_and_paging(admin: TestClient, data: FixtureData) -> None:
     page = admin.get("/studies?sort=patient_id&direction=asc").text
-    ids = re.findall(r"<td>(PID\d{3})</td>", page)
+    ids = re.findall(r"class=\"small pid\">(PID\d{3})<", page)
     assert ids == sorted(ids) and len(ids) == 5
     page = admin.get("/studies?sort=received&direction=desc").text
-    assert re.findall(r"<td>(PID\d{3})</td>", page)[0] == "PID005"
+    assert re.findall(r"class=\"small pid\">(PID\d{3})<", page)[0] == "PID005"
     assert admin.get("/studies?sort=drop_table").status_code == 422
 
 

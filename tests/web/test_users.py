@@ -161,5 +161,6 @@ def test_cli_password_prompt_mismatch(
 ) -> None:
     answers = iter(["first-password", "second-password"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # as if typed at a terminal
     assert _run(cli_settings, ["users", "add", "frank"]) == 1
     assert "do not match" in capsys.readouterr().err
