@@ -24,6 +24,8 @@ import pydicom
 from pynetdicom import AE, _config
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+# Debian orthanc-dicomweb: QIDO-RS, WADO-RS and STOW-RS (server and client) under /dicom-web/.
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 # DCMTK on loopback waits for Nagle's algorithm (40 ms per instance) unless told not to.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -47,6 +49,10 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 def have_orthanc() -> bool:
     return Path(ORTHANC).exists()
+
+
+def have_orthanc_dicomweb() -> bool:
+    return have_orthanc() and ORTHANC_DICOMWEB_PLUGIN.exists()
 
 
 def have_dcmtk() -> bool:
@@ -117,10 +123,18 @@ def run_orthanc(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     lua: str | None = None,
     dicom_port: int | None = None,
+    http_port: int | None = None,
+    dicomweb: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc from a JSON configuration of our own (ports, storage, modalities)."""
+    """Start Orthanc from a JSON configuration of our own (ports, storage, modalities).
+
+    ``dicomweb`` loads the DICOMweb plugin (``{url}/dicom-web/``); ``extra`` is merged
+    into the configuration last (e.g. ``{"DicomWeb": {"Servers": ...}}``, whose keys
+    are merged into the plugin's section, or ``RegisteredUsers``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    http_port = free_port()
+    http_port = http_port or free_port()
     dicom_port = dicom_port or free_port()
     config: dict[str, Any] = {
         "Name": "test-pacs",
@@ -140,6 +154,14 @@ def run_orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomScpTimeout": 30,
     }
+    if dicomweb:
+        config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
     if lua:
         script = folder / "forward.lua"
         script.write_text(lua)
@@ -156,6 +178,8 @@ def run_orthanc(
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # it answers (401 when RegisteredUsers are set)
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
