@@ -65,7 +65,9 @@ from dicom_node.web.store_response import (
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+# Not in the JSON API's OpenAPI schema: a DICOM service whose contract is PS3.18 (multipart
+# in, DICOM JSON or XML out), documented in the README's conformance section.
+router = APIRouter(prefix="/dicomweb", include_in_schema=False)
 StudyPath = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
 # Reasons of refused parts, as HTTP Warning headers (PS3.18 8.3.5.1), at most this many.
 _MAX_WARNINGS = 20
