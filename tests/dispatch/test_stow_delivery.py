@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,11 @@ def test_forwarded_series_arrives_in_orthanc_byte_for_byte(start_node: Any, tmp_
 @orthanc_dicomweb
 @pytest.mark.orthanc
 def test_stow_destination_down_is_retried_then_delivered(start_node: Any, tmp_path: Path) -> None:
-    http_port = free_port()  # nothing listens here yet
+    # Bound, not listening: connections are refused, and no other free_port() (the node's
+    # own ports) can be handed this one before Orthanc takes it.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    http_port = holder.getsockname()[1]
     node = start_node(**stow_sections(f"http://127.0.0.1:{http_port}/dicom-web", max_attempts=100))
     datasets = _ct_series(2)
     assert pynetdicom_send(node.port, datasets, chunked=False) == [0] * 2
@@ -101,9 +106,11 @@ def test_stow_destination_down_is_retried_then_delivered(start_node: Any, tmp_pa
     assert {d.state for d in pending} == {"pending"}
     assert all(d.last_error.startswith("cannot send to http://127.0.0.1") for d in pending)
     assert node.query(select(Event).where(Event.kind == "delivery.retry"))
+    holder.close()
     with run_orthanc(tmp_path / "orthanc", http_port=http_port, dicomweb=True) as pacs:
         node.wait_until(
             lambda: {d.state for d in node.query(select(Delivery))} == {"done"},
+            timeout=60,
             what="deliveries after the destination came up",
         )
         assert pacs.sop_instance_uids() == {str(ds.SOPInstanceUID) for ds in datasets}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import urllib.error
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -323,6 +324,25 @@ def test_truncated_or_malformed_body_stores_nothing(door: Door) -> None:
     garbage = door.post(b"x" * 100_000)
     assert garbage.status_code == 400
     assert "no multipart boundary" in garbage.json()["detail"]
+    door.assert_nothing_stored()
+
+
+def test_a_client_that_goes_away_mid_body_leaves_nothing(door: Door) -> None:
+    """The connection closes after half of the declared body: the parts received so far
+    (a whole instance among them) are not stored, their files are removed."""
+    body = multipart(encode(instance()), encode(instance()))
+    host, port = door.url.removeprefix("http://").split("/", 1)[0].split(":")
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {door.token}\r\nContent-Type: {DICOM}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head + body[: len(body) * 3 // 4])
+    door.node.wait_until(lambda: bool(door.audits()), what="the refused request's audit entry")
+    (entry,) = door.audits()
+    assert (entry.success, entry.detail["status"]) == (False, 400)
+    assert "went away" in entry.detail["reason"]
     door.assert_nothing_stored()
 
 
