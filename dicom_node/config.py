@@ -112,6 +112,55 @@ class NodeSettings(_Strict):
     _ae = field_validator("ae_title")(_check_ae)
 
 
+def _empty_path(value: Any) -> Any:
+    """An empty string in TOML or the environment means "not set" for an optional path."""
+    return None if value == "" else value
+
+
+class ScpTlsSettings(_Strict):
+    """``[scp.tls]``: a listener for DICOM over TLS (PS3.15 B.9), beside the plain one or
+    instead of it (``only``).
+
+    The files are read when the listener starts, where a missing or unusable one stops the
+    node with one line naming the setting and the file (``receive.scp``).
+    """
+
+    enabled: bool = False
+    # Empty: scp.host. 2762 is the port registered for DICOM over TLS.
+    host: str = ""
+    port: int = Field(2762, ge=1, le=65535)
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # The CAs whose client certificates are trusted (PEM bundle).
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+    # No plain listener: every association must come over TLS.
+    only: bool = False
+    # A connection that has not finished its TLS handshake by then is closed and logged.
+    handshake_timeout: float = Field(10, gt=0, le=300)
+
+    _paths = field_validator("certificate", "private_key", "ca_certificates", mode="before")(
+        _empty_path
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> ScpTlsSettings:
+        if not self.enabled:
+            if self.only:
+                raise ValueError("only = true needs enabled = true (else nothing would listen)")
+            return self
+        missing = [key for key in ("certificate", "private_key") if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"enabled = true needs {' and '.join(missing)} (PEM files)")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "require_client_certificate = true needs ca_certificates (the CA bundle that "
+                "signs the senders' certificates); or set it to false to accept senders "
+                "without a certificate"
+            )
+        return self
+
+
 class ScpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
@@ -122,21 +171,33 @@ class ScpSettings(_Strict):
     network_timeout: float = Field(60, gt=0)
     # A deflated dataset inflating past this is refused with 0xC210 (a decompression bomb).
     max_inflated_size: int = Field(256 * 1024 * 1024, ge=1024)
+    tls: ScpTlsSettings = ScpTlsSettings()
 
     @field_validator("allowed_calling_aes")
     @classmethod
     def _aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_ae(v) for v in value)
 
+    @property
+    def tls_host(self) -> str:
+        return self.tls.host or self.host
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ScpSettings:
+        tls = self.tls
+        if tls.enabled and not tls.only and self.tls_host == self.host and tls.port == self.port:
+            raise ValueError(
+                f"tls.port {tls.port} is also the plain port (scp.port): the TLS listener "
+                "needs its own port (2762 is registered for DICOM over TLS), or tls.only = true"
+            )
+        return self
+
 
 class StorageSettings(_Strict):
     spool_dir: Path | None = None
     database_url: str = ""
 
-    @field_validator("spool_dir", mode="before")
-    @classmethod
-    def _empty_path(cls, value: Any) -> Any:
-        return None if value == "" else value
+    _paths = field_validator("spool_dir", mode="before")(_empty_path)
 
 
 class CompletionSettings(_Strict):
@@ -169,6 +230,28 @@ class ModelSettings(_Strict):
     dir: Path = Path("models")
 
 
+class DestinationTls(_Strict):
+    """``tls`` of a destination: associate over TLS (PS3.15 B.9), verifying the peer's
+    certificate and host name, with our client certificate when the peer requires one."""
+
+    # Empty: the system's trusted CAs. A self-signed PACS certificate is its own CA.
+    ca_certificates: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # The name the peer's certificate must carry; empty: the destination's host.
+    server_name: str = ""
+
+    _paths = field_validator("certificate", "private_key", "ca_certificates", mode="before")(
+        _empty_path
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTls:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (both or neither)")
+        return self
+
+
 class Destination(_Strict):
     """Where results (or forwarded series) go: a DICOM AE over C-STORE (``kind = "dimse"``,
     the default) or a DICOMweb origin server over STOW-RS (``kind = "dicomweb"``). Both
@@ -181,14 +264,14 @@ class Destination(_Strict):
     host: str = ""
     port: int = Field(0, ge=0, le=65535)
     # kind = "dicomweb": the service root, e.g. https://pacs.example.org/dicom-web (results
-    # are POSTed to <url>/studies), how we authenticate, and how the server's certificate
-    # is checked (ca_bundle: a PEM file of trusted CAs; verify = false only for tests).
+    # are POSTed to <url>/studies) and how we authenticate. An https server's certificate
+    # is checked against the system's CAs, or tls.ca_certificates (tls.certificate and
+    # private_key: our client certificate); verify = false turns the check off (tests).
     url: str = ""
     auth: Literal["none", "bearer", "basic"] = "none"
     token: SecretStr = SecretStr("")
     username: str = ""
     password: SecretStr = SecretStr("")
-    ca_bundle: Path | None = None
     verify: bool = True
     max_attempts: int = Field(8, ge=1, le=1000)
     backoff_seconds: float = Field(5, ge=0)
@@ -198,16 +281,13 @@ class Destination(_Strict):
     # Associations (or STOW-RS requests) to this destination at once; each destination
     # has its own, so a dead one never delays the others.
     concurrency: int = Field(1, ge=1, le=16)
+    # Absent: plain DICOM. A table (even empty: the system's CAs): DICOM over TLS.
+    tls: DestinationTls | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae(value) if value.strip() else ""
-
-    @field_validator("ca_bundle", mode="before")
-    @classmethod
-    def _empty_path(cls, value: Any) -> Any:
-        return None if value == "" else value
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Destination:
@@ -230,8 +310,10 @@ class Destination(_Strict):
             raise ValueError('auth = "bearer" needs token')
         if self.auth == "basic" and not (self.username and self.password.get_secret_value()):
             raise ValueError('auth = "basic" needs username and password')
-        if self.ca_bundle is not None and not self.ca_bundle.is_file():
-            raise ValueError(f"ca_bundle {str(self.ca_bundle)!r} is not a file")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls is for an https:// url")
+        if self.tls is not None and self.tls.server_name:
+            raise ValueError("tls.server_name is for dimse destinations (https checks the url)")
         return self
 
     @property

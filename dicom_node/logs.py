@@ -7,7 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
+
+
+class _NoTlsTraceback(logging.Filter):
+    """Drop pynetdicom's traceback of a TLS failure as a client (a refused handshake, or
+    the peer's alert on the first read).
+
+    pynetdicom logs a line ("TCP Initialisation Error: [SSL: ...]", "Connection closed
+    before the entire PDU was received") and then the exception with its traceback; a
+    refused certificate is the operator's to fix, and the delivery's error names the
+    reason, so the traceback goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(record.msg, ssl.SSLError)
 
 
 def setup_logging(process: str = "node", level: str | None = None) -> None:
@@ -20,4 +35,8 @@ def setup_logging(process: str = "node", level: str | None = None) -> None:
     )
     # pynetdicom logs every PDU at DEBUG and dataset summaries at INFO; keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for name in ("pynetdicom.transport", "pynetdicom.dul"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTlsTraceback) for f in logger.filters):
+            logger.addFilter(_NoTlsTraceback())
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -233,7 +233,7 @@ class Node:
         stats = self.scp.stats
         spool_ok = _writable(self.spool.tmp)
         return {
-            "scp_listening": self.scp._server is not None,
+            "scp_listening": bool(self.scp.listeners),
             "spool_writable": spool_ok,
             "workers_alive": sum(p.is_alive() for p in self._workers.values())
             + int(self._inproc is not None and self._inproc.is_alive()),

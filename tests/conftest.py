@@ -13,7 +13,7 @@ import pytest
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.receive.pynetdicom_ext import configure_pydicom
-from tests.peers import free_port
+from tests.peers import TlsFiles, free_port, make_tls_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests read DICOM with the settings of the receiver and the workers, whether or not a
@@ -54,6 +54,12 @@ def _postgres_available() -> bool:
             return True
     except Exception:
         return False
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server and a client certificate it signed, and an untrusted one (PEM)."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")

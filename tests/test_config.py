@@ -147,8 +147,9 @@ def test_destination_fields_by_kind(tmp_path: Path) -> None:
         'name="w"\nkind="dicomweb"\nurl="https://x/dw"\nauth="basic"\nusername="u"': (
             '"basic" needs username and password'
         ),
-        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\nca_bundle="/no/such.pem"': (
-            "ca_bundle '/no/such.pem' is not a file"
+        'name="w"\nkind="dicomweb"\nurl="http://x/dw"\ntls={}': "tls is for an https:// url",
+        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\ntls={server_name="x"}': (
+            "tls.server_name is for dimse destinations"
         ),
         'name="p"\nae_title="P"\nhost="h"\nport=104\nurl="http://x"': (
             'url is for kind = "dicomweb"'

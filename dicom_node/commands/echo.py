@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from dicom_node.commands import tls_options
 from dicom_node.config import Settings
 
 
@@ -17,6 +18,7 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
     p.add_argument("port", type=int)
     p.add_argument("--aec", default="ANY-SCP", help="called AE title")
     p.add_argument("--aet", default=None, help="calling AE title (default: ours)")
+    tls_options.add_arguments(p)
     return {"echo": run}
 
 
@@ -24,11 +26,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+    tls = tls_options.tls_args(args, args.host)
     ae = AE(ae_title=args.aet or settings.node.ae_title)
+    ae.connection_timeout = 30
     ae.add_requested_context(Verification)
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec)
+    assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls)
     if not assoc.is_established:
-        print(f"echo {args.aec}@{args.host}:{args.port}: association failed", file=sys.stderr)
+        print(
+            f"echo {args.aec}@{args.host}:{args.port}: association failed"
+            + tls_options.failure(tls),
+            file=sys.stderr,
+        )
         return 1
     status = assoc.send_c_echo()
     assoc.release()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_node.commands import tls_options
 from dicom_node.config import Settings
 
 
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
     p.add_argument("--to", required=True, type=parse_target, metavar="AE@HOST:PORT")
     p.add_argument("--aet", default=None, help="calling AE title (default: ours)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tls_options.add_arguments(p)
     return {"send": run}
 
 
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.dispatch.sender import send_paths
 
     ae, host, port = args.to
+    tls = tls_options.tls_args(args, host)
     summary = send_paths(
         [Path(p) for p in args.paths],
         calling_ae=args.aet or settings.node.ae_title,
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         host=host,
         port=port,
         progress=not args.quiet,
+        tls_args=tls,
     )
     print(summary.describe())
     return 0 if summary.ok else 1

@@ -48,10 +48,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     node.start()
+    scp = settings.scp
+    doors = [] if scp.tls.only else [f"{scp.host}:{node.scp.bound_port}"]
+    if scp.tls.enabled:
+        doors.append(f"TLS {scp.tls_host}:{node.scp.bound_tls_port}")
     print(
-        f"dicom-node {__version__}: {settings.node.ae_title} on "
-        f"{settings.scp.host}:{node.scp.bound_port}; data in {settings.data_dir}. "
-        "NOT FOR DIAGNOSTIC USE. Ctrl-C stops.",
+        f"dicom-node {__version__}: {settings.node.ae_title} on {', '.join(doors)}; "
+        f"data in {settings.data_dir}. NOT FOR DIAGNOSTIC USE. Ctrl-C stops.",
         flush=True,
     )
     stop.wait()

@@ -25,12 +25,13 @@ from pynetdicom.association import Association
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Destination, Settings
+from dicom_node.config import ConfigError, Destination, Settings
 from dicom_node.dispatch import stow
 from dicom_node.doorbell import Doorbell
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
+from dicom_node.tls import HandshakeRecordingContext, TlsConfigError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,45 @@ def _contexts(items: Sequence[DeliveryItem]) -> list[tuple[str, list[str]]]:
     return [(sop_class, [syntax]) for sop_class, syntax in pairs]
 
 
+def tls_args(dest: Destination) -> tuple[HandshakeRecordingContext, str] | None:
+    """pynetdicom's ``tls_args`` for one association to ``dest``; None for plain DICOM.
+
+    A new context per association: its certificate files are read now (a renewed one is
+    used without a restart), and it records why its handshake failed.
+
+    Raises
+    ------
+    TlsConfigError
+        A certificate, key or CA bundle of ``dest.tls`` cannot be used.
+    """
+    if dest.tls is None:
+        return None
+    context = client_context(
+        ca_certificates=dest.tls.ca_certificates,
+        certificate=dest.tls.certificate,
+        private_key=dest.tls.private_key,
+    )
+    return context, dest.tls.server_name or dest.host
+
+
+def check_tls(settings: Settings) -> None:
+    """Build every TLS destination's context once, so that a missing or unusable file stops
+    start-up with one line instead of failing every delivery later.
+
+    Raises
+    ------
+    ConfigError
+        Naming the destination, the setting and the file.
+    """
+    for index, dest in enumerate(settings.destinations):
+        try:
+            tls_args(dest)
+        except TlsConfigError as exc:
+            raise ConfigError(
+                f"destinations[{index}] ({dest.name}).tls.{exc.field} ({settings.source}): {exc}"
+            ) from None
+
+
 class _Lanes:
     """One lane per destination: at most ``Destination.concurrency`` associations at once.
 
@@ -216,7 +256,13 @@ class _Lanes:
 
 class Deliverer:
     """Sends due deliveries: per destination, batches of up to 128 objects over one
-    association each, in that destination's lane (``_Lanes``)."""
+    association each, in that destination's lane (``_Lanes``).
+
+    Raises
+    ------
+    ConfigError
+        A TLS destination's certificate, key or CA bundle cannot be used (``check_tls``).
+    """
 
     def __init__(
         self,
@@ -229,6 +275,7 @@ class Deliverer:
         self.sessions = sessions
         self.counts: dict[str, int] = defaultdict(int)
         self._lanes = _Lanes(on_lane_free)
+        check_tls(settings)
 
     def due(
         self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
@@ -342,6 +389,7 @@ class Deliverer:
         ae.acse_timeout = dest.timeout
         ae.dimse_timeout = dest.timeout
         ae.network_timeout = dest.timeout
+        ae.connection_timeout = dest.timeout  # also bounds the TLS handshake
         contexts = _contexts(items)
         if len(contexts) > MAX_CONTEXTS:  # pragma: no cover - batches are cut to fit
             raise ValueError("too many presentation contexts")
@@ -349,13 +397,19 @@ class Deliverer:
             ae.add_requested_context(sop_class, syntaxes)
         started = time.monotonic()
         try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+            tls = tls_args(dest)
+        except TlsConfigError as exc:  # a file changed since start-up
+            for item in items:
+                self._record(item, dest, None, f"TLS set-up: tls.{exc.field}: {exc}")
+            return
+        try:
+            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls)
         except Exception as exc:  # resolver or socket errors
             for item in items:
                 self._record(item, dest, None, f"cannot connect: {exc}")
             return
         if not assoc.is_established:
-            reason = _association_failure(assoc, dest)
+            reason = _association_failure(assoc, dest, tls[0] if tls else None)
             for item in items:
                 self._record(item, dest, None, reason)
             return
@@ -457,8 +511,12 @@ class Deliverer:
             )
 
 
-def _association_failure(assoc: Association, dest: Destination) -> str:
+def _association_failure(
+    assoc: Association, dest: Destination, tls: HandshakeRecordingContext | None = None
+) -> str:
     where = dest.where
+    if tls is not None and tls.handshake_error:
+        return f"TLS handshake with {where} failed: {tls.handshake_error}"
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         result = getattr(rj, "result_str", "") if rj is not None else ""

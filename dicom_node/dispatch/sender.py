@@ -16,6 +16,7 @@ from pynetdicom.status import code_to_category
 from tqdm import tqdm
 
 from dicom_node.dispatch.delivery import MAX_CONTEXTS, DeliveryItem, _contexts
+from dicom_node.tls import HandshakeRecordingContext
 
 
 @dataclass
@@ -63,6 +64,7 @@ def send_paths(
     host: str,
     port: int,
     progress: bool = True,
+    tls_args: tuple[HandshakeRecordingContext, str] | None = None,
 ) -> SendSummary:
     summary = SendSummary()
     items: list[DeliveryItem] = []
@@ -98,11 +100,14 @@ def send_paths(
         ae = AE(ae_title=calling_ae)
         for sop_class, syntaxes in _contexts(batch):
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(host, port, ae_title=called_ae)
+        ae.connection_timeout = 30
+        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
         if not assoc.is_established:
+            handshake = tls_args[0].handshake_error if tls_args is not None else None
             summary.association_errors.append(
                 f"{called_ae}@{host}:{port}: association "
                 + ("rejected" if assoc.is_rejected else "failed")
+                + (f": TLS handshake failed: {handshake}" if handshake else "")
             )
             summary.statuses["not sent"] += len(batch)
             bar.update(len(batch))

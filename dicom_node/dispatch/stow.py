@@ -25,6 +25,7 @@ import httpx
 
 from dicom_node import __version__
 from dicom_node.config import Destination
+from dicom_node.tls import TlsConfigError, client_context, failure_reason
 
 _CHUNK = 1024 * 1024
 # Store Instances Response attributes (PS3.18 Table I.1-1).
@@ -59,10 +60,17 @@ class StowOutcome:
 
 
 def _tls(dest: Destination) -> ssl.SSLContext | bool:
+    """How an https server is checked: the destination's ``tls`` table builds the same
+    BCP 195 client context as a DICOM TLS association (its CAs, our client certificate);
+    without one, the system's CAs."""
     if not dest.verify:
         return False
-    if dest.ca_bundle is not None:
-        return ssl.create_default_context(cafile=str(dest.ca_bundle))
+    if dest.tls is not None:
+        return client_context(
+            ca_certificates=dest.tls.ca_certificates,
+            certificate=dest.tls.certificate,
+            private_key=dest.tls.private_key,
+        )
     return True
 
 
@@ -118,9 +126,18 @@ def store(dest: Destination, files: Sequence[StowFile]) -> dict[str, StowOutcome
     )
     url = dest.url.rstrip("/") + "/studies"
     try:
-        with httpx.Client(timeout=dest.timeout, verify=_tls(dest), auth=auth) as client:
+        verify = _tls(dest)
+    except TlsConfigError as exc:  # a file changed since start-up (check_tls)
+        return _all(files, f"TLS set-up: tls.{exc.field}: {exc}")
+    try:
+        with httpx.Client(timeout=dest.timeout, verify=verify, auth=auth) as client:
             response = client.post(url, content=iter(body), headers=headers)
+    except ssl.SSLError as exc:
+        return _all(files, f"TLS handshake with {url} failed: {failure_reason(exc)}")
     except (httpx.HTTPError, OSError) as exc:
+        cause = exc.__context__ or exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return _all(files, f"TLS handshake with {url} failed: {failure_reason(cause)}")
         return _all(files, f"cannot send to {url}: {type(exc).__name__}: {exc}")
     return _outcomes(files, response)
 

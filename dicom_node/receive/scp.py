@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import ssl
 import threading
 import weakref
 from collections.abc import Callable
@@ -54,6 +55,7 @@ from dicom_node.receive.ingest import Claim, Ingestor, Origin, inline, refuse
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.statuses import Status, StoreRejectedError
 from dicom_node.store.db import utcnow
+from dicom_node.tls import TlsConfigError, server_context
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,10 @@ class StoreSCP:
         self.on_instance = on_instance
         self.on_released = on_released
         self.stats = ReceiveStats()
+        # The plain listener ([scp] port) and the TLS one ([scp.tls]); either may be absent.
         self._server: ThreadedAssociationServer | None = None
-        self._acceptor: threading.Thread | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        self._acceptors: list[threading.Thread] = []
         # Per association: study/series ids (a series usually arrives on one association)
         # and the series received; weak keys, so an ended association's state goes with it.
         self._associations: weakref.WeakKeyDictionary[Any, _AssociationState] = (
@@ -197,7 +201,8 @@ class StoreSCP:
         return self.serve()
 
     def bind(self) -> ThreadedAssociationServer:
-        """Bind and listen on ``[scp] host:port``, without serving yet.
+        """Bind and listen on ``[scp] host:port`` and, when enabled, ``[scp.tls]``, without
+        serving yet; returns the plain listener (the TLS one with ``tls.only``).
 
         The node binds before its start-up cleanup, so that a port in use stops it before
         anything changed; connections that arrive meanwhile wait in the listen backlog and
@@ -212,14 +217,45 @@ class StoreSCP:
         ConfigError
             The installed pynetdicom is not a version the extensions were checked against:
             a problem of the installation, which the command line reports in one line
-            (exit status 2) like any other configuration problem.
+            (exit status 2) like any other configuration problem. Or a TLS certificate, key
+            or CA bundle cannot be used (the setting and the file named).
         """
-        if self._server is not None:
-            return self._server
+        listeners = self.listeners
+        if listeners:
+            return listeners[0]
         try:
             pynetdicom_ext.install()
         except pynetdicom_ext.UnsupportedVersionError as exc:
             raise ConfigError(str(exc)) from exc
+        scp = self.settings.scp
+        # Before any port is bound: a bad certificate is the operator's first problem.
+        tls_context = self._tls_context() if scp.tls.enabled else None
+        try:
+            if not scp.tls.only:
+                self._server = self._listen("scp", scp.host, scp.port)
+            if tls_context is not None:
+                self._tls_server = self._listen("scp.tls", scp.tls_host, scp.tls.port, tls_context)
+        except BaseException:
+            self.stop()
+            raise
+        return self.listeners[0]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.settings.scp.tls
+        assert tls.certificate is not None and tls.private_key is not None  # validated
+        try:
+            return server_context(
+                tls.certificate,
+                tls.private_key,
+                ca_certificates=tls.ca_certificates,
+                require_client_certificate=tls.require_client_certificate,
+            )
+        except TlsConfigError as exc:
+            raise ConfigError(f"scp.tls.{exc.field} ({self.settings.source}): {exc}") from None
+
+    def _listen(
+        self, section: str, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> ThreadedAssociationServer:
         handlers = [
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
@@ -234,38 +270,57 @@ class StoreSCP:
         # link. The folder rides on the association, so receivers do not share a global.
         try:
             server = self.ae.make_server(
-                (scp.host, scp.port),
+                (host, port),
                 evt_handlers=handlers,  # type: ignore[arg-type]
                 server_class=pynetdicom_ext.server_class(
                     allowed_hosts=scp.allowed_hosts,
                     on_refused=self._host_refused,
                     on_message=self._message_arrived,
                     incoming_file=functools.partial(IncomingFile, self.spool.tmp),
+                    on_tls_refused=self._tls_refused,
+                    tls_handshake_timeout=scp.tls.handshake_timeout,
                 ),
                 request_handler=pynetdicom_ext.NodeRequestHandler,
+                ssl_context=tls,
             )
         except OSError as exc:
-            raise cannot_listen("scp", scp.host, scp.port, exc) from exc
+            raise cannot_listen(section, host, port, exc) from exc
         self.ae._servers.append(server)  # so AE.shutdown() also stops it
-        self._server = server
         return server
 
+    @property
+    def listeners(self) -> list[ThreadedAssociationServer]:
+        """The bound listeners: plain, then TLS."""
+        return [s for s in (self._server, self._tls_server) if s is not None]
+
     def serve(self) -> ThreadedAssociationServer:
-        """Start answering associations on the bound address (binds first if needed)."""
+        """Start answering associations on the bound addresses (binds first if needed)."""
         server = self.bind()
-        if self._acceptor is not None:
+        if self._acceptors:
             return server
         self._io = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
-        self._acceptor = threading.Thread(
-            target=server.serve_forever, name="scp-acceptor", daemon=True
-        )
-        self._acceptor.start()
-        log.info(
-            "SCP %s listening on %s:%d",
-            self.settings.node.ae_title,
-            self.settings.scp.host,
-            self.bound_port,
-        )
+        for listener in self.listeners:
+            tls = listener is self._tls_server
+            acceptor = threading.Thread(
+                target=listener.serve_forever,
+                name="scp-tls-acceptor" if tls else "scp-acceptor",
+                daemon=True,
+            )
+            acceptor.start()
+            self._acceptors.append(acceptor)
+        scp = self.settings.scp
+        if self._server is not None:
+            log.info(
+                "SCP %s listening on %s:%d", self.settings.node.ae_title, scp.host, self.bound_port
+            )
+        if self._tls_server is not None:
+            log.info(
+                "SCP %s listening for DICOM over TLS on %s:%d (client certificates %s)",
+                self.settings.node.ae_title,
+                scp.tls_host,
+                self.bound_tls_port,
+                "required" if scp.tls.require_client_certificate else "optional",
+            )
         return server
 
     @property
@@ -274,12 +329,19 @@ class StoreSCP:
             return self.settings.scp.port
         return int(self._server.server_address[1])
 
+    @property
+    def bound_tls_port(self) -> int:
+        if self._tls_server is None:
+            return self.settings.scp.tls.port
+        return int(self._tls_server.server_address[1])
+
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            if self._acceptor is not None:
+        servers = self.listeners
+        self._server = self._tls_server = None
+        serving, self._acceptors = bool(self._acceptors), []
+        for server in servers:
+            if serving:
                 server.shutdown()  # ends serve_forever, closes the socket
-                self._acceptor = None
             else:  # bound but never served: shutdown() would wait for serve_forever
                 server.server_close()
                 self.ae._servers.remove(server)
@@ -348,6 +410,12 @@ class StoreSCP:
     def _host_refused(self, address: str) -> None:
         self.stats.add(rejected_associations=1)
         log.warning("connection from %s refused: host not allowed", address)
+
+    def _tls_refused(self, address: str, reason: str) -> None:
+        """A connection to the TLS port whose handshake failed: no certificate, one our CAs
+        did not sign, plain DICOM, an old TLS version. One line, address and reason."""
+        self.stats.add(rejected_associations=1)
+        log.warning("TLS connection from %s refused: %s", address, reason)
 
     def _background(self, fn: Callable[..., Any], *args: Any) -> futures.Future[Any]:
         """Run ``fn`` in the I/O pool; inline when there is none (node stopping)."""

@@ -91,13 +91,16 @@ def test_chest_job_results_rerun_and_late_instance(
     node = start_node(models=chest_models, **_sections(port))
     source = pydicom.dcmread(pydicom_file("RG1_UNCI.dcm"))
     assert pynetdicom_send(node.port, [source], chunked=False) == [0]
+    # Deliveries start as soon as the results are committed, before the job writes the
+    # web heatmap and ends: wait for both.
     node.wait_until(
         lambda: (
             len(node.query(select(Delivery))) == 2
             and {d.state for d in node.query(select(Delivery))} == {"done"}
+            and {j.state for j in node.query(select(Job))} <= {"done", "failed"}
         ),
         timeout=120,
-        what="SR and SC delivered",
+        what="SR and SC delivered and the job ended",
     )
     (job,) = node.query(select(Job))
     assert job.state == "done", job.error

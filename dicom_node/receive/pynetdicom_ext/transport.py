@@ -5,13 +5,22 @@ loops (``reactors``), the bulk-reading socket below and the direct C-STORE respo
 (``encoding``); pynetdicom's per-PDU debug log handlers are unbound; and the association
 is told where its incoming datasets go (``incoming_file``), which the temp-file factory
 installed by ``install()`` reads. Nothing here is process-wide.
+
+On a TLS listener the handshake runs in the connection's own thread, with a time limit,
+not in the accepting thread as pynetdicom does it: there, one peer that connects and sends
+nothing would stop the listener from accepting anyone, and a failed handshake would vanish
+without a word. Here each failure is reported once, with the peer's address and OpenSSL's
+reason (no certificate, an untrusted one, plain DICOM on the TLS port).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom._handlers import (
@@ -25,6 +34,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from dicom_node.receive.pynetdicom_ext import encoding
 from dicom_node.receive.pynetdicom_ext.reactors import accept_with_events
+from dicom_node.tls import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,31 @@ class NodeRequestHandler(RequestHandler):
 
     server: NodeAssociationServer
 
+    def handle(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket) and not self._tls_handshake(self.request):
+            return
+        super().handle()
+
+    def _tls_handshake(self, sock: ssl.SSLSocket) -> bool:
+        """Complete the TLS handshake within the server's time limit; on failure report
+        it, close the connection and return False (no association starts)."""
+        blocking = sock.gettimeout()
+        sock.settimeout(self.server.tls_handshake_timeout)
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:
+            address = str(self.client_address[0])
+            reason = failure_reason(exc)
+            if self.server.on_tls_refused is not None:
+                self.server.on_tls_refused(address, reason)
+            else:
+                log.warning("TLS connection from %s refused: %s", address, reason)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return False
+        sock.settimeout(blocking)  # pynetdicom's reads block; its timers end idle peers
+        return True
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         socket = assoc.dul.socket
@@ -103,13 +138,28 @@ class NodeAssociationServer(ThreadedAssociationServer):
     restrict addresses; a refused host gets no association at all (the TCP connection is
     closed) and ``on_refused`` is told its address. ``on_message`` sees each complete DIMSE
     message in the DUL thread (``accept_with_events``); ``incoming_file`` makes the file
-    each incoming dataset is streamed into.
+    each incoming dataset is streamed into. With an ``ssl_context``, ``on_tls_refused`` is
+    told the address and the reason of each failed TLS handshake, and a handshake not done
+    after ``tls_handshake_timeout`` seconds fails.
     """
 
     allowed_hosts: frozenset[str] = frozenset()
     on_refused: Callable[[str], None] | None = None
     on_message: Callable[[Any], None] | None = None
     incoming_file: Callable[..., Any] | None = None
+    on_tls_refused: Callable[[str, str], None] | None = None
+    tls_handshake_timeout: float = 10.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """pynetdicom's, but a TLS socket is only wrapped here: the handshake happens in
+        the connection's thread (``NodeRequestHandler._tls_handshake``)."""
+        listener = cast(socket.socket, self.socket)
+        client, address = listener.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.allowed_hosts and client_address[0] not in self.allowed_hosts:
@@ -125,6 +175,8 @@ def server_class(
     on_refused: Callable[[str], None] | None = None,
     on_message: Callable[[Any], None] | None = None,
     incoming_file: Callable[..., Any] | None = None,
+    on_tls_refused: Callable[[str, str], None] | None = None,
+    tls_handshake_timeout: float = 10.0,
 ) -> type[NodeAssociationServer]:
     """A server class carrying these settings, for ``AE.make_server(server_class=...)``.
 
@@ -139,5 +191,7 @@ def server_class(
             "on_refused": staticmethod(on_refused) if on_refused else None,
             "on_message": staticmethod(on_message) if on_message else None,
             "incoming_file": staticmethod(incoming_file) if incoming_file else None,
+            "on_tls_refused": staticmethod(on_tls_refused) if on_tls_refused else None,
+            "tls_handshake_timeout": tls_handshake_timeout,
         },
     )

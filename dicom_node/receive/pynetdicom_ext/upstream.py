@@ -171,6 +171,23 @@ UPSTREAM: tuple[Upstream, ...] = (
         "overridden by NodeRequestHandler, which switches the new association it returns",
     ),
     Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.get_request",
+        "925a4f3a3042f6e4b944505d06dc19c41e10ff7dec5385c794d62d31fd000300",
+        "overridden by NodeAssociationServer.get_request: the same accept and wrap, with "
+        "the TLS handshake left to the connection's thread",
+    ),
+    Upstream(
+        "pynetdicom.transport.RequestHandler.handle",
+        "034823fb4df3a87467bd0d45193f0d457fcf59c87fda8e97b2edfb89426f76dd",
+        "overridden by NodeRequestHandler.handle, which completes the TLS handshake first",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.process_request_thread",
+        "9e76e9b9c8a3d8b18bb1df7ac652c86f21b4aaaf39e10deca9312f91a7c21a8a",
+        "runs NodeRequestHandler.handle in the connection's thread (so the TLS handshake "
+        "runs there) and does not close the socket after it: a refused one is closed by us",
+    ),
+    Upstream(
         "pynetdicom.transport.ThreadedAssociationServer.verify_request",
         "b7e67354b3bc518a64b0e4e18a90f39eaf810efb2e2b3460fff116136d4bd75e",
         "overridden for the host allow-list; socketserver's (pynetdicom defines none)",
