@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -275,22 +276,73 @@ class DestinationTls(_Strict):
 
 
 class Destination(_Strict):
+    """Where results (or forwarded series) go: a DICOM AE over C-STORE (``kind = "dimse"``,
+    the default) or a DICOMweb origin server over STOW-RS (``kind = "dicomweb"``). Both
+    kinds share the delivery rows, retries, backoff and lanes (``dispatch.delivery``)."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    # kind = "dimse"
+    ae_title: str = ""
+    host: str = ""
+    port: int = Field(0, ge=0, le=65535)
+    # kind = "dicomweb": the service root, e.g. https://pacs.example.org/dicom-web (results
+    # are POSTed to <url>/studies) and how we authenticate. An https server's certificate
+    # is checked against the system's CAs, or tls.ca_certificates (tls.certificate and
+    # private_key: our client certificate); verify = false turns the check off (tests).
+    url: str = ""
+    auth: Literal["none", "bearer", "basic"] = "none"
+    token: SecretStr = SecretStr("")
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    verify: bool = True
     max_attempts: int = Field(8, ge=1, le=1000)
     backoff_seconds: float = Field(5, ge=0)
     backoff_max: float = Field(600, ge=0)
     sr_class: Literal["comprehensive3d", "comprehensive", "enhanced"] = "comprehensive3d"
     timeout: float = Field(30, gt=0)
-    # Associations to this destination at once; each destination has its own, so a dead
-    # one never delays the others.
+    # Associations (or STOW-RS requests) to this destination at once; each destination
+    # has its own, so a dead one never delays the others.
     concurrency: int = Field(1, ge=1, le=16)
     # Absent: plain DICOM. A table (even empty: the system's CAs): DICOM over TLS.
     tls: DestinationTls | None = None
 
-    _ae = field_validator("ae_title")(_check_ae)
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Destination:
+        if self.kind == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"a dimse destination needs {', '.join(missing)}")
+            if self.url:
+                raise ValueError('url is for kind = "dicomweb"; this destination is dimse')
+            return self
+        if self.ae_title or self.host or self.port:
+            raise ValueError(
+                'ae_title, host and port are for kind = "dimse"; a dicomweb destination has url'
+            )
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.url):
+            raise ValueError(
+                f"a dicomweb destination needs url = http(s)://host[:port]/path (got {self.url!r})"
+            )
+        if self.auth == "bearer" and not self.token.get_secret_value():
+            raise ValueError('auth = "bearer" needs token')
+        if self.auth == "basic" and not (self.username and self.password.get_secret_value()):
+            raise ValueError('auth = "basic" needs username and password')
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls is for an https:// url")
+        if self.tls is not None and self.tls.server_name:
+            raise ValueError("tls.server_name is for dimse destinations (https checks the url)")
+        return self
+
+    @property
+    def where(self) -> str:
+        """The peer, for messages: ``AE@host:port`` or the URL."""
+        return self.url if self.kind == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class Route(_Strict):
@@ -358,6 +410,22 @@ class WebSettings(_Strict):
     page_size: int = Field(50, ge=5, le=500)
 
 
+class DicomwebSettings(_Strict):
+    """The DICOMweb door on the admin app's address: STOW-RS at ``/dicomweb/studies``."""
+
+    enabled: bool = True
+    # A request whose body is larger is refused whole with 413: declared (Content-Length)
+    # before anything is read, or counted while it streams (chunked), nothing stored.
+    max_request_size: int = Field(2 * 1024**3, ge=1024)
+    # Parts (instances) in one request; each is a temporary file until the request ends.
+    max_instances: int = Field(10_000, ge=1, le=1_000_000)
+    # The calling AE title of instances stored over STOW-RS: routes (CallingAETitle) and
+    # completion.release_aes match it like a DIMSE sender's; the user is in the events.
+    calling_ae: str = "STOW"
+
+    _ae = field_validator("calling_ae")(_check_ae)
+
+
 class Settings(_Strict):
     node: NodeSettings = NodeSettings()
     scp: ScpSettings = ScpSettings()
@@ -368,6 +436,7 @@ class Settings(_Strict):
     destinations: tuple[Destination, ...] = ()
     routes: tuple[Route, ...] = ()
     web: WebSettings = WebSettings()
+    dicomweb: DicomwebSettings = DicomwebSettings()
     # Where the settings came from, for messages; not a configuration key.
     source: str = Field("<defaults>", exclude=True)
 

@@ -32,7 +32,7 @@ apt_install() {
 }
 
 if [[ $WITH_TEST -eq 1 ]]; then
-    apt_install dcmtk dicom3tools orthanc chromium poppler-utils
+    apt_install dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils
 else
     # The demo uses Orthanc as its PACS when it is there; a built-in receiver otherwise.
     apt_install orthanc || echo "Orthanc not installed: the demo will use its built-in receiver"

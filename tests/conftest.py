@@ -130,14 +130,15 @@ class NodeHandle:
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``start_node(**sections)`` starts a node with test settings; all stop at the
-    end of the test."""
+    end of the test. The admin app (and its DICOMweb door) runs when the sections enable
+    it, e.g. ``web={"enabled": True, "port": free_port()}``."""
     from dicom_node.node import Node
 
     started: list[Any] = []
 
     def _start(models: Any = None, **sections: Any) -> NodeHandle:
         settings = make_settings(tmp_path, **sections)
-        node = Node(settings, models=models, web=False)
+        node = Node(settings, models=models, web=settings.web.enabled)
         node.start()
         started.append(node)
         return NodeHandle(node)

@@ -26,6 +26,8 @@ import pydicom
 from pynetdicom import AE, _config
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+# Debian orthanc-dicomweb: QIDO-RS, WADO-RS and STOW-RS (server and client) under /dicom-web/.
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 # DCMTK on loopback waits for Nagle's algorithm (40 ms per instance) unless told not to.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -62,6 +64,10 @@ def wait_for_port(
 
 def have_orthanc() -> bool:
     return Path(ORTHANC).exists()
+
+
+def have_orthanc_dicomweb() -> bool:
+    return have_orthanc() and ORTHANC_DICOMWEB_PLUGIN.exists()
 
 
 def have_dcmtk() -> bool:
@@ -262,13 +268,13 @@ class Orthanc:
 
 
 def _start_orthanc(
-    folder: Path, config: dict[str, Any], *, new_dicom_port: bool
+    folder: Path, config: dict[str, Any], *, new_dicom_port: bool, new_http_port: bool = True
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """Start Orthanc and wait for its ports.
 
     ``free_port()`` finds a port free now; on a machine busy with other tests another
     process sometimes takes it before Orthanc binds it, and Orthanc exits ("already in
-    use"). Then it starts again on new ports (the DICOM port only if we chose it).
+    use"). Then it starts again on new ports (each only if we chose it).
     """
     cfg_path, log_path = folder / "orthanc.json", folder / "orthanc.log"
     for attempt in range(3):
@@ -288,7 +294,8 @@ def _start_orthanc(
             proc.wait()
             log.close()
             raise
-        config["HttpPort"] = free_port()
+        if new_http_port:
+            config["HttpPort"] = free_port()
         if new_dicom_port:
             config["DicomPort"] = free_port()
     raise AssertionError("unreachable")
@@ -302,20 +309,26 @@ def run_orthanc(
     modalities: dict[str, tuple[str, str, int] | dict[str, Any]] | None = None,
     lua: str | None = None,
     dicom_port: int | None = None,
+    http_port: int | None = None,
     tls: OrthancTls | None = None,
+    dicomweb: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc from a JSON configuration of our own (ports, storage, modalities).
 
     A modality is ``(AET, host, port)`` or Orthanc's object form, e.g. with
     ``"UseDicomTls": True``. With ``tls`` Orthanc's DICOM port speaks TLS only, and it uses
-    the same certificate when it connects to a modality over TLS.
+    the same certificate when it connects to a modality over TLS. ``dicomweb`` loads the
+    DICOMweb plugin (``{url}/dicom-web/``); ``extra`` is merged into the configuration
+    last (e.g. ``{"DicomWeb": {"Servers": ...}}``, whose keys are merged into the
+    plugin's section, or ``RegisteredUsers``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "Name": "test-pacs",
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "index"),
-        "HttpPort": free_port(),
+        "HttpPort": http_port or free_port(),
         "DicomPort": dicom_port or free_port(),
         "DicomAet": aet,
         "RemoteAccessAllowed": False,
@@ -341,11 +354,21 @@ def run_orthanc(
                 "DicomTlsRemoteCertificateRequired": tls.require_client_certificate,
             }
         )
+    if dicomweb:
+        config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
     if lua:
         script = folder / "forward.lua"
         script.write_text(lua)
         config["LuaScripts"] = [str(script)]
-    proc, log = _start_orthanc(folder, config, new_dicom_port=dicom_port is None)
+    proc, log = _start_orthanc(
+        folder, config, new_dicom_port=dicom_port is None, new_http_port=http_port is None
+    )
     http_port, dicom_port = config["HttpPort"], config["DicomPort"]
     try:
         # The REST API answers a little after the port opens.
@@ -353,6 +376,8 @@ def run_orthanc(
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # it answers (401 when RegisteredUsers are set)
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:

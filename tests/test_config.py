@@ -132,3 +132,52 @@ def test_release_aes_are_checked_like_other_ae_titles(tmp_path: Path) -> None:
     )
     assert settings.completion.release_aes == ("PACS1",)
     assert settings.completion.release_grace_seconds == 1.0
+
+
+def test_destination_fields_by_kind(tmp_path: Path) -> None:
+    """A dimse destination needs an AE, host and port; a dicomweb one a URL and, for its
+    auth, a token or a username and password; each message names the destination."""
+    cases = {
+        'name="p"\nhost="h"\nport=104': "a dimse destination needs ae_title",
+        'name="w"\nkind="dicomweb"': "a dicomweb destination needs url = http(s)://",
+        'name="w"\nkind="dicomweb"\nurl="ftp://x/dicom-web"': "needs url = http(s)://",
+        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\nhost="h"': "ae_title, host and port "
+        'are for kind = "dimse"',
+        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\nauth="bearer"': '"bearer" needs token',
+        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\nauth="basic"\nusername="u"': (
+            '"basic" needs username and password'
+        ),
+        'name="w"\nkind="dicomweb"\nurl="http://x/dw"\ntls={}': "tls is for an https:// url",
+        'name="w"\nkind="dicomweb"\nurl="https://x/dw"\ntls={server_name="x"}': (
+            "tls.server_name is for dimse destinations"
+        ),
+        'name="p"\nae_title="P"\nhost="h"\nport=104\nurl="http://x"': (
+            'url is for kind = "dicomweb"'
+        ),
+    }
+    for body, expected in cases.items():
+        message = _error(tmp_path, f"[[destinations]]\n{body}\n")
+        assert expected in message, body
+        assert "destinations.0" in message
+
+
+def test_dicomweb_destination_keeps_its_secrets_out_of_messages(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[[destinations]]\nname = "cloud"\nkind = "dicomweb"\n'
+        'url = "https://archive.example.org/dicom-web"\nauth = "bearer"\ntoken = "s3cr3t"\n'
+        '[[destinations]]\nname = "pacs"\nkind = "dicomweb"\nurl = "http://127.0.0.1:8042/dw"\n'
+        'auth = "basic"\nusername = "node"\npassword = "hunter22"\n'
+    )
+    settings = load_settings(path, environ={}, overrides={"routes": []})
+    cloud, pacs = settings.destinations
+    assert cloud.token.get_secret_value() == "s3cr3t" and cloud.where.startswith("https://")
+    assert pacs.password.get_secret_value() == "hunter22"
+    shown = repr(settings) + str(settings.model_dump())
+    assert "s3cr3t" not in shown and "hunter22" not in shown
+
+
+def test_dicomweb_door_settings(tmp_path: Path) -> None:
+    assert load_settings(environ={}).dicomweb.max_request_size == 2 * 1024**3
+    message = _error(tmp_path, '[dicomweb]\ncalling_ae = "A\\\\B"\n')
+    assert "dicomweb.calling_ae" in message and "backslash" in message

@@ -1,9 +1,11 @@
-"""Deliver objects to destinations: C-STORE SCU with retries and exponential backoff.
+"""Deliver objects to destinations, with retries and exponential backoff: C-STORE SCU for
+``kind = "dimse"`` destinations, STOW-RS (``dispatch.stow``) for ``kind = "dicomweb"``.
 
-Deliveries are rows in the database, so the attempt count, the last error and the next
-attempt time survive a restart. Each row is committed right after its own C-STORE, so a
-crash re-sends at most the one object that was in flight, and a job that is re-run finds its
-(destination, SOP Instance UID) rows already done and sends nothing twice.
+Deliveries are rows in the database, so the attempt count, the last status and error and
+the next attempt time survive a restart, whichever the kind. Each row is committed right
+after its own C-STORE (or its batch's STOW-RS request), so a crash re-sends at most what
+was in flight, and a job that is re-run finds its (destination, SOP Instance UID) rows
+already done and sends nothing twice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import ConfigError, Destination, Settings
+from dicom_node.dispatch import stow
 from dicom_node.doorbell import Doorbell
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
@@ -342,6 +345,41 @@ class Deliverer:
         return started
 
     def _send_batch(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        """One association (or one STOW-RS request) for the batch, by destination kind."""
+        if dest.kind == "dicomweb":
+            self._send_stow(dest, items)
+        else:
+            self._send_dimse(dest, items)
+
+    def _send_stow(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        """POST the batch's files in one STOW-RS request; each row gets its own outcome
+        (the server answers per instance), retried and backed off like a C-STORE."""
+        present = []
+        for item in items:
+            if Path(item.path).is_file():
+                present.append(item)
+            else:
+                self._record(item, dest, None, f"file missing: {item.path}", final=True)
+        if not present:
+            return
+        started = time.monotonic()
+        outcomes = stow.store(
+            dest, [stow.StowFile(item.sop_instance_uid, Path(item.path)) for item in present]
+        )
+        elapsed = time.monotonic() - started
+        for item in present:
+            outcome = outcomes[item.sop_instance_uid]
+            self._record(
+                item,
+                dest,
+                outcome.status,
+                outcome.error,
+                success=outcome.stored,
+                duration_ms=elapsed * 1000,
+            )
+        log.info("STOW-RS delivery to %s: %d object(s) in %.2f s", dest.name, len(present), elapsed)
+
+    def _send_dimse(self, dest: Destination, items: list[DeliveryItem]) -> None:
         items = [
             DeliveryItem(**{**item.__dict__, "transfer_syntax_uid": _transfer_syntax(item.path)})
             for item in items
@@ -476,7 +514,7 @@ class Deliverer:
 def _association_failure(
     assoc: Association, dest: Destination, tls: HandshakeRecordingContext | None = None
 ) -> str:
-    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    where = dest.where
     if tls is not None and tls.handshake_error:
         return f"TLS handshake with {where} failed: {tls.handshake_error}"
     if assoc.is_rejected:

@@ -208,6 +208,7 @@ def _index_once(
     remote_address: str,
     late_rule: str,
     cache: IndexCache,
+    user: str = "",
 ) -> IndexOutcome:
     """One transaction of prebuilt Core statements: this runs for every instance received,
     and ORM objects (load, track, flush) cost more than the SQL itself.
@@ -246,16 +247,25 @@ def _index_once(
             "generation": generation,
         },
     )
-    _event(conn, EventKind.INSTANCE_RECEIVED, meta, now, calling_ae=calling_ae, size=size)
+    _event(
+        conn, EventKind.INSTANCE_RECEIVED, meta, now, calling_ae=calling_ae, size=size, **_by(user)
+    )
     return IndexOutcome(True, state, reopened)
 
 
-def _record_duplicate(conn: Connection, meta: InstanceMeta, calling_ae: str) -> IndexOutcome | None:
+def _by(user: str) -> dict[str, str]:
+    """The web user in an event's detail, when a token stored the instance (STOW-RS)."""
+    return {"user": user} if user else {}
+
+
+def _record_duplicate(
+    conn: Connection, meta: InstanceMeta, calling_ae: str, user: str = ""
+) -> IndexOutcome | None:
     """If the SOP Instance UID is indexed already: an event, and its series' state."""
     existing = conn.execute(_DUPLICATE_STATE, {"b_sop_uid": meta.sop_instance_uid}).first()
     if existing is None:
         return None
-    _event(conn, EventKind.INSTANCE_DUPLICATE, meta, utcnow(), calling_ae=calling_ae)
+    _event(conn, EventKind.INSTANCE_DUPLICATE, meta, utcnow(), calling_ae=calling_ae, **_by(user))
     return IndexOutcome(False, existing.state or "", False)
 
 
@@ -267,6 +277,7 @@ def index_instance(
     *,
     calling_ae: str = "",
     remote_address: str = "",
+    user: str = "",
     late_rule: str = "rerun",
     cache: IndexCache | None = None,
     before_commit: Callable[[], object] | None = None,
@@ -277,6 +288,7 @@ def index_instance(
     Two associations may create the same study or series at the same moment; the loser of
     that race gets an IntegrityError and simply tries again, finding the winner's row.
     ``cache`` (one per association) remembers study and series ids between calls.
+    ``user`` names the web user whose token stored the instance (STOW-RS) in its event.
     ``before_commit`` runs just before the commit (maybe more than once, on a retry); if it
     raises, nothing is committed. The receive path waits there for the spool folder's
     fsync, so an index row never exists for a file whose name is not yet durable.
@@ -287,7 +299,7 @@ def index_instance(
         try:
             with engine.begin() as conn:  # commits when the block ends without an error
                 outcome = _index_once(
-                    conn, meta, path, size, calling_ae, remote_address, late_rule, cache
+                    conn, meta, path, size, calling_ae, remote_address, late_rule, cache, user
                 )
                 if before_commit is not None:
                     before_commit()
@@ -296,7 +308,7 @@ def index_instance(
             # A duplicate, a race on a new study or series, or a stale cached id.
             cache.clear()
             with engine.begin() as conn:
-                duplicate = _record_duplicate(conn, meta, calling_ae)
+                duplicate = _record_duplicate(conn, meta, calling_ae, user)
             if duplicate is not None:
                 return duplicate
             if attempt == 2:

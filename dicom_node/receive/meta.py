@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_node.receive.header import Header, read_header, tag_text
@@ -101,8 +102,8 @@ def meta_from_header(header: Header) -> InstanceMeta:
 
 def read_meta(
     path: Path,
-    command_sop_class: str,
-    command_sop_instance: str,
+    command_sop_class: str | None,
+    command_sop_instance: str | None,
     *,
     max_inflated_size: int = DEFAULT_MAX_INFLATED_SIZE,
 ) -> InstanceMeta:
@@ -116,6 +117,9 @@ def read_meta(
     A deflated dataset is first inflated as a stream, counting but keeping nothing, and
     refused when it inflates past ``max_inflated_size``: pydicom inflates a deflated file
     whole in memory, and 1 MB of deflated zeros can claim gigabytes.
+
+    ``command_sop_class`` and ``command_sop_instance`` are what the sender claimed (the
+    C-STORE command, or a STOW-RS part's File Meta); ``None`` skips that comparison.
 
     Raises
     ------
@@ -131,6 +135,28 @@ def read_meta(
         log.debug("fast header read of %s failed (%s); reading with pydicom", path.name, exc)
     check_inflated_size(path, max_inflated_size)
     return _check_meta(_read_meta_pydicom(path), command_sop_class, command_sop_instance)
+
+
+def file_meta_claims(path: Path) -> tuple[str | None, str | None]:
+    """The Media Storage SOP Class and Instance UIDs of a Part 10 file's File Meta.
+
+    A STOW-RS part has no command: its File Meta is what the sender says the dataset is,
+    checked against the dataset like a C-STORE command (0xA900, 0xC221). ``None`` for a
+    value that is absent, or when the File Meta cannot be read (the header check then
+    refuses the file with its own reason).
+    """
+    try:
+        with open(path, "rb") as fh:
+            read_preamble(fh, False)
+            meta = _read_file_meta_info(fh)
+    except Exception:  # not Part 10, truncated: read_meta says why
+        return None, None
+    sop_class = meta.get("MediaStorageSOPClassUID")
+    sop_instance = meta.get("MediaStorageSOPInstanceUID")
+    return (
+        str(sop_class).rstrip("\x00 ") if sop_class else None,
+        str(sop_instance).rstrip("\x00 ") if sop_instance else None,
+    )
 
 
 def _dataset_offset(fh: BinaryIO) -> tuple[int, bytes] | None:
@@ -199,7 +225,7 @@ def _read_meta_pydicom(path: Path) -> InstanceMeta:
 
 
 def _check_meta(
-    meta: InstanceMeta, command_sop_class: str, command_sop_instance: str
+    meta: InstanceMeta, command_sop_class: str | None, command_sop_instance: str | None
 ) -> InstanceMeta:
     sop_uid, sop_class = meta.sop_instance_uid, meta.sop_class_uid
     for name, uid in (
@@ -212,12 +238,12 @@ def _check_meta(
             raise StoreRejectedError(Status.INVALID_UID, f"{name} is missing")
         if not valid_uid(uid):
             raise StoreRejectedError(Status.INVALID_UID, f"{name} {uid[:80]!r} is not a valid UID")
-    if sop_class != command_sop_class:
+    if command_sop_class is not None and sop_class != command_sop_class:
         raise StoreRejectedError(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"dataset SOP Class {sop_class} differs from the request's {command_sop_class}",
         )
-    if sop_uid != command_sop_instance:
+    if command_sop_instance is not None and sop_uid != command_sop_instance:
         raise StoreRejectedError(
             Status.UID_MISMATCH,
             f"dataset SOP Instance UID {sop_uid} differs from the request's "

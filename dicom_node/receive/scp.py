@@ -45,15 +45,14 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import ConfigError, Settings, cannot_listen
 from dicom_node.receive import pynetdicom_ext
 from dicom_node.receive.incoming import IncomingFile
-from dicom_node.receive.index import IndexCache, InstanceMeta, index_instance
-from dicom_node.receive.meta import read_meta
-from dicom_node.receive.spool import Spool, SpoolFullError
+from dicom_node.receive.index import IndexCache, InstanceMeta
+from dicom_node.receive.ingest import Claim, Ingestor, Origin, inline, refuse
+from dicom_node.receive.spool import Spool
 from dicom_node.receive.statuses import Status, StoreRejectedError
 from dicom_node.store.db import utcnow
 from dicom_node.tls import TlsConfigError, server_context
@@ -176,6 +175,7 @@ class StoreSCP:
         # fsyncs run here, overlapped with the handler's CPU work (see _store); from start()
         # to stop(), inline otherwise.
         self._io: futures.ThreadPoolExecutor | None = None
+        self.ingestor = Ingestor(settings, sessions, spool, background=self._background)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -425,12 +425,7 @@ class StoreSCP:
                 return pool.submit(fn, *args)
             except RuntimeError:  # shut down since the check
                 pass
-        done: futures.Future[Any] = futures.Future()
-        try:
-            done.set_result(fn(*args))
-        except Exception as exc:
-            done.set_exception(exc)
-        return done
+        return inline(fn, *args)
 
     def _message_arrived(self, item: Any) -> None:
         """In the DUL thread, as a request is complete: start its file's fsync there
@@ -454,24 +449,9 @@ class StoreSCP:
         sop_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
         try:
             return self._store(event)
-        except StoreRejectedError as exc:
+        except Exception as exc:  # mapped to a status, never raised (see ingest.refuse)
             self.stats.add(failures=1)
-            log.warning("C-STORE %s refused 0x%04X: %s", sop_uid[:64], exc.status, exc.reason)
-            return exc.status
-        except SpoolFullError as exc:
-            self.stats.add(failures=1)
-            log.error("C-STORE %s: out of resources: %s", sop_uid[:64], exc)
-            return Status.OUT_OF_RESOURCES
-        except SQLAlchemyError as exc:
-            # The file is durable but not indexed: answer a failure so the sender retries;
-            # the retry (or start-up reconciliation) completes the index.
-            self.stats.add(failures=1)
-            log.error("C-STORE %s: database error: %s", sop_uid[:64], type(exc).__name__)
-            return Status.OUT_OF_RESOURCES
-        except Exception:
-            self.stats.add(failures=1)
-            log.exception("C-STORE %s: unexpected error", sop_uid[:64])
-            return Status.INTERNAL_ERROR
+            return refuse("C-STORE", sop_uid, exc).status
 
     def _store(self, event: Event) -> int:
         request = event.request
@@ -484,57 +464,26 @@ class StoreSCP:
         command_instance = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
         # An fsync is a disk barrier (1-5 ms here, whatever the size) that releases the GIL:
         # run the file's fsync while this thread parses the header, and the folder's fsync
-        # while it writes the index rows. Success still waits for both.
+        # while it writes the index rows (Ingestor.ingest). Success still waits for both.
         if isinstance(incoming, IncomingFile):
             incoming.finish()  # raises SpoolFullError -> 0xA700 if any write failed
             file_synced = incoming.synced or self._background(incoming.fsync)
-            synced = True
         else:  # pragma: no cover - another temp-file factory was installed
             file_synced = None
-            synced = False
-        try:
-            meta = read_meta(
-                temp,
-                command_class,
-                command_instance,
-                max_inflated_size=self.settings.scp.max_inflated_size,
-            )
-        finally:
-            # Always wait: pynetdicom closes the file after we return.
-            if file_synced is not None:
-                futures.wait([file_synced])
-        if file_synced is not None:
-            file_synced.result()  # raises SpoolFullError -> 0xA700 if the fsync failed
-        stored = self.spool.commit(
-            temp,
-            meta.study_uid,
-            meta.series_uid,
-            meta.sop_instance_uid,
-            synced=synced,
-            sync_folder=False,
-        )
-        folder_synced = self._background(self.spool.sync_folder, stored.path.parent)
         requestor = event.assoc.requestor
         state = self._state_for(event.assoc)
-        try:
-            outcome = index_instance(
-                self.sessions,
-                meta,
-                stored.path,
-                stored.size,
-                calling_ae=str(requestor.ae_title).strip(),
-                remote_address=str(requestor.address),
-                late_rule=self.settings.completion.late_instances,
-                cache=state.cache,
-                before_commit=folder_synced.result,
-            )
-        finally:
-            futures.wait([folder_synced])
-        folder_synced.result()  # Success needs the name durable, whatever index_instance did
+        done = self.ingestor.ingest(
+            temp,
+            Claim(command_class, command_instance),
+            Origin(str(requestor.ae_title).strip(), str(requestor.address)),
+            file_synced=file_synced,
+            cache=state.cache,
+        )
+        meta = done.meta
         with self._associations_lock:
             state.series.add(meta.series_uid)
-        if outcome.created:
-            self.stats.add(instances=1, bytes=stored.size)
+        if done.outcome.created:
+            self.stats.add(instances=1, bytes=done.stored.size)
         else:
             self.stats.add(duplicates=1)
             log.info("C-STORE %s: duplicate, already stored", meta.sop_instance_uid)

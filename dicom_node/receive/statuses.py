@@ -11,9 +11,11 @@ from enum import IntEnum
 
 
 class Status(IntEnum):
-    """C-STORE statuses (PS3.4 Annex B.2.3 and PS3.7 C.4.2.1.4)."""
+    """C-STORE statuses (PS3.4 Annex B.2.3 and PS3.7 C.4.2.1.4), also the STOW-RS Failure
+    Reasons (PS3.18 I.2.2 uses the same codes and ranges)."""
 
     SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110  # STOW-RS: the instance is not of the request's study
     OUT_OF_RESOURCES = 0xA700  # disk full, I/O or database error: the sender should retry
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
@@ -30,6 +32,7 @@ class Status(IntEnum):
 
 _MEANINGS = {
     Status.SUCCESS: "stored",
+    Status.PROCESSING_FAILURE: "processing failure (not of the study the request named)",
     Status.OUT_OF_RESOURCES: "out of resources (disk full, I/O or database error); retry later",
     Status.DATASET_DOES_NOT_MATCH_SOP_CLASS: "dataset does not match the SOP class of the request",
     Status.CANNOT_UNDERSTAND: "cannot understand the request",

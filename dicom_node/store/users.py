@@ -21,7 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import ApiToken, User, utcnow
 
-ROLES = ("admin", "viewer")
+ROLES = ("admin", "viewer", "sender")
+# Who may read the pages and the JSON API (patient data), and who may store studies over
+# DICOMweb (STOW-RS). A ``sender`` is a machine account (a modality, a PACS, a script):
+# it stores with an API token and can neither log in nor read anything.
+READ_ROLES = frozenset({"admin", "viewer"})
+STORE_ROLES = frozenset({"admin", "sender"})
 MIN_PASSWORD_LENGTH = 8
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _HASHER = PasswordHasher()

@@ -2,8 +2,9 @@
 
 Layers, outermost first: security headers on every response; the signed session cookie;
 an app-wide CSRF check on every unsafe request; then the routers (login, pages, admin
-operations, JSON API, health and metrics). Every route except ``/login``, ``/healthz``,
-``/metrics`` (see ``system``) and the static stylesheet needs a user.
+operations, JSON API, health and metrics, and the DICOMweb door ``/dicomweb``). Every route
+except ``/login``, ``/healthz``, ``/metrics`` (see ``system``) and the static stylesheet
+needs a user; ``/dicomweb`` takes only bearer tokens (``stow``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from dicom_node.config import Settings
-from dicom_node.web import api, login, operations, pages, system
+from dicom_node.receive.spool import Spool
+from dicom_node.web import api, login, operations, pages, stow, system
 from dicom_node.web.actions import DefaultActions, WebActions
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import AdminRequiredError, LoginRequiredError
@@ -116,6 +118,7 @@ def create_app(
         latency=LatencyHistogram(),
         choices=TtlValue(60.0),
         health=TtlValue(web.health_cache_seconds),
+        spool=Spool(settings.spool_dir),
     )
     app.add_middleware(
         SessionMiddleware,
@@ -132,4 +135,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in (login, pages, operations, api, system):
         app.include_router(module.router)
+    if settings.dicomweb.enabled:
+        app.include_router(stow.router)
     return app

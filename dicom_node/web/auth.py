@@ -35,6 +35,16 @@ class WebUser:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def can_read(self) -> bool:
+        """Pages and the JSON API: not for ``sender`` accounts (they only store)."""
+        return self.role in users.READ_ROLES
+
+    @property
+    def can_store(self) -> bool:
+        """The STOW-RS door (``web.stow``)."""
+        return self.role in users.STORE_ROLES
+
     @classmethod
     def of(cls, user: User) -> WebUser:
         return cls(id=user.id, username=user.username, role=user.role)
@@ -93,11 +103,17 @@ def bearer_user(request: Request, db: Session) -> WebUser | None:
     return WebUser.of(user) if user is not None else None
 
 
-def optional_user(request: Request, db: Session) -> WebUser | None:
+def _identified_user(request: Request, db: Session) -> WebUser | None:
     """Bearer token if the request has an Authorization header (then only it), else session."""
     if request.headers.get("authorization"):
         return bearer_user(request, db)
     return session_user(request, db)
+
+
+def optional_user(request: Request, db: Session) -> WebUser | None:
+    """The user, if any, who may read: a ``sender`` token counts as anonymous here."""
+    user = _identified_user(request, db)
+    return user if user is not None and user.can_read else None
 
 
 # -- dependencies -----------------------------------------------------------------------------
@@ -106,7 +122,7 @@ def optional_user(request: Request, db: Session) -> WebUser | None:
 def page_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
     """A logged-in user for an HTML page; anonymous visitors are sent to the login page."""
     user = session_user(request, db)
-    if user is None:
+    if user is None or not user.can_read:  # a sender never has a session (login refuses)
         raise LoginRequiredError()
     request.state.user = user
     return user
@@ -119,13 +135,17 @@ def page_admin(user: WebUser = Depends(page_user)) -> WebUser:
 
 
 def api_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
-    """A user for the API (bearer token or session); 401 otherwise."""
-    user = optional_user(request, db)
+    """A user for the API (bearer token or session); 401 otherwise, 403 for a sender."""
+    user = _identified_user(request, db)
     if user is None:
         raise HTTPException(
             status_code=401,
             detail="authentication required (session or Authorization: Bearer token)",
             headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not user.can_read:
+        raise HTTPException(
+            status_code=403, detail=f"role {user.role} may only store studies (/dicomweb)"
         )
     request.state.user = user
     return user

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Settings
+from dicom_node.receive.spool import Spool
 from dicom_node.web.actions import WebActions
 from dicom_node.web.cache import TtlValue
 from dicom_node.web.filters import FilterStore
@@ -41,6 +42,8 @@ class WebContext:
     choices: TtlValue[dict[str, list[str]]]
     # the last /healthz answer, ``[web] health_cache_seconds`` old at most
     health: TtlValue[HealthReport]
+    # where the STOW-RS door stores instances (the node's spool; ``web.stow``)
+    spool: Spool
 
 
 def get_context(request: Request) -> WebContext:

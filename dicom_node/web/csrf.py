@@ -4,7 +4,8 @@ SameSite=Strict cookies already stop most cross-site posts; the token also cover
 and proxies that do not honour SameSite. Forms send it as the hidden field ``csrf_token``,
 API clients that use the session cookie as the header ``X-CSRF-Token``. Requests
 authenticated with a bearer token need none: a foreign site cannot make a browser send an
-Authorization header.
+Authorization header. The DICOMweb door (``/dicomweb/``) never reads the session, only
+bearer tokens, so it needs none either: without a token it answers 401, not 403.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 SESSION_KEY = "csrf"
 FIELD = "csrf_token"
 HEADER = "x-csrf-token"
+# Doors that authenticate by bearer token only (see ``web.stow``).
+NO_SESSION_PREFIX = "/dicomweb/"
 
 
 def ensure_token(session: dict[str, Any]) -> str:
@@ -36,7 +39,11 @@ def has_bearer(request: Request) -> bool:
 
 async def csrf_protect(request: Request) -> None:
     """App-wide dependency: refuse unsafe requests without the session's token (403)."""
-    if request.method in SAFE_METHODS or has_bearer(request):
+    if (
+        request.method in SAFE_METHODS
+        or has_bearer(request)
+        or request.url.path.startswith(NO_SESSION_PREFIX)
+    ):
         return
     expected = request.session.get(SESSION_KEY)
     sent = request.headers.get(HEADER, "")

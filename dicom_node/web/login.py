@@ -63,6 +63,15 @@ def login(
             request, "login.html", {"error": "Wrong username or password."}, status_code=401
         )
     ctx.pair_limiter.reset(pair)
+    if user.role not in users.READ_ROLES:
+        # A machine account (sender): its password is right, but it has nothing to read.
+        audit(db, request, user.username, "login", success=False, detail={"reason": "sender"})
+        return render(
+            request,
+            "login.html",
+            {"error": "This account only stores studies (DICOMweb) and cannot log in."},
+            status_code=403,
+        )
     auth.log_in(request, user)
     audit(db, request, user.username, "login")
     return RedirectResponse("/studies", status_code=303)
