@@ -1,4 +1,5 @@
-"""``dicom-node status``: counts per state and the most recent failures, from the database.
+"""``dicom-node status``: counts per state, the latest results and the most recent failures,
+from the database.
 
 It only reads: a configuration that points at no database (a mistyped data folder, a node
 that never ran) is said so in one line, instead of creating an empty database and
@@ -21,12 +22,14 @@ from dicom_node.store.db import (
     Delivery,
     Instance,
     Job,
+    Result,
     Series,
     Study,
     create_engine,
     session_factory,
 )
 from dicom_node.store.states import DeliveryState, JobState
+from dicom_node.wording import OUT_OF_SCOPE, call_text
 
 
 def open_existing(settings: Settings) -> Engine:
@@ -62,10 +65,10 @@ def open_existing(settings: Settings) -> Engine:
     return engine
 
 
-def print_status(settings: Settings, *, failures: int = 10) -> int:
+def print_status(settings: Settings, *, failures: int = 10, results: int = 10) -> int:
     engine = open_existing(settings)
     try:
-        return _print_counts(engine, settings, failures)
+        return _print_counts(engine, settings, failures, results)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise OperatorError(
@@ -76,7 +79,7 @@ def print_status(settings: Settings, *, failures: int = 10) -> int:
         engine.dispose()
 
 
-def _print_counts(engine: Engine, settings: Settings, failures: int) -> int:
+def _print_counts(engine: Engine, settings: Settings, failures: int, results: int) -> int:
     sessions = session_factory(engine)
     with sessions() as session:
         studies = session.scalar(select(func.count(Study.id))) or 0
@@ -91,6 +94,30 @@ def _print_counts(engine: Engine, settings: Settings, failures: int) -> int:
             rows = session.execute(select(column, func.count()).group_by(column)).all()
             counts = ", ".join(f"{state} {n}" for state, n in sorted(rows)) or "none"
             print(f"{label}: {counts}")
+        recent = session.execute(
+            select(
+                Result.id,
+                Result.model_id,
+                Result.model_version,
+                Result.predicted_class,
+                Result.probabilities,
+                Result.out_of_scope,
+                Series.series_uid,
+            )
+            .join(Job, Job.id == Result.job_id)
+            .join(Series, Series.id == Job.series_id)
+            .order_by(Result.id.desc())
+            .limit(results)
+        ).all()
+        if recent:
+            print("last results:")
+            for rid, model_id, version, cls, probabilities, outside, series_uid in recent:
+                own = probabilities.get(cls) if isinstance(probabilities, dict) else None
+                flag = f" [{OUT_OF_SCOPE}]" if outside else ""
+                print(
+                    f"  result {rid} {model_id} {version} series {series_uid}: "
+                    f"{call_text(cls, own if isinstance(own, int | float) else None)}{flag}"
+                )
         failed_jobs = session.execute(
             select(Job.id, Job.route_name, Job.finished_at, Job.error, Series.series_uid)
             .join(Series, Series.id == Job.series_id)
@@ -126,8 +153,14 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace, Setting
     """Add ``status``; returns ``{"status": run}``."""
     p = subparsers.add_parser("status", help="counts per state and the last failures")
     p.add_argument("--failures", type=int, default=10, help="how many recent failures to show")
+    p.add_argument(
+        "--results",
+        type=int,
+        default=10,
+        help="how many recent results to show (class, then P(class))",
+    )
     return {"status": run}
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    return print_status(settings, failures=args.failures)
+    return print_status(settings, failures=args.failures, results=args.results)
