@@ -24,6 +24,8 @@ import pydicom
 from pynetdicom import AE, _config
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+# Debian's orthanc-dicomweb: QIDO-RS, WADO-RS, STOW-RS and WADO-URI, what web viewers read.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 # DCMTK on loopback waits for Nagle's algorithm (40 ms per instance) unless told not to.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -47,6 +49,10 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 def have_orthanc() -> bool:
     return Path(ORTHANC).exists()
+
+
+def have_orthanc_dicomweb() -> bool:
+    return have_orthanc() and DICOMWEB_PLUGIN.exists()
 
 
 def have_dcmtk() -> bool:
@@ -117,8 +123,14 @@ def run_orthanc(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     lua: str | None = None,
     dicom_port: int | None = None,
+    dicomweb: bool = False,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc from a JSON configuration of our own (ports, storage, modalities)."""
+    """Start Orthanc from a JSON configuration of our own (ports, storage, modalities).
+
+    ``dicomweb`` loads the DICOMweb plugin at ``/dicom-web/`` (and WADO-URI at ``/wado``)
+    with full study and series metadata, so a viewer finds an SR's content tree in
+    ``/metadata`` without fetching every instance.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
     dicom_port = dicom_port or free_port()
@@ -140,6 +152,17 @@ def run_orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomScpTimeout": 30,
     }
+    if dicomweb:
+        config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        config["DicomWeb"] = {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     if lua:
         script = folder / "forward.lua"
         script.write_text(lua)
