@@ -290,8 +290,28 @@ def resize_map(cam: Array, shape: tuple[int, int]) -> Array:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+# Map values below this fraction of the peak leave the image uncoloured (the default of
+# the manifest's ``explain.floor``).
+DEFAULT_FLOOR = 0.2
+
+
+def opacity(level: npt.NDArray[np.float32], alpha: float, floor: float) -> npt.NDArray[np.float32]:
+    """Opacity of the overlay colour at map ``level`` (0..1 of the peak).
+
+    Zero at and below ``floor``, so faint map values do not tint the image, then growing
+    linearly to ``alpha`` at the peak. The colour itself is the colour map at ``level``,
+    so the colour scale printed next to the picture reads directly as "share of peak".
+    """
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), not {floor}")
+    ramp = np.clip((level - floor) / (1.0 - floor), 0.0, 1.0)
+    return np.asarray(alpha * ramp, dtype=np.float32)
+
+
 @lru_cache(maxsize=8)
-def _blend_table(colormap_name: colormap.ColormapName, alpha: float) -> npt.NDArray[np.uint32]:
+def _blend_table(
+    colormap_name: colormap.ColormapName, alpha: float, floor: float
+) -> npt.NDArray[np.uint32]:
     """Overlay colours for every (grey level, map level) pair, packed as RGBA words.
 
     Blending a grayscale source with a colour map has only 65536 possible inputs, so a
@@ -301,8 +321,8 @@ def _blend_table(colormap_name: colormap.ColormapName, alpha: float) -> npt.NDAr
     grey = np.arange(256, dtype=np.float32)[:, None, None] / 255.0
     level = np.arange(256, dtype=np.float32)[None, :, None] / 255.0
     colours = colormap.lookup_table(colormap_name)[None, :, :]
-    opacity = alpha * level
-    blended = (1.0 - opacity) * grey + opacity * colours
+    opacity_ = opacity(level, alpha, floor)
+    blended = (1.0 - opacity_) * grey + opacity_ * colours
     rgba = np.zeros((256 * 256, 4), dtype=np.uint8)
     rgba[:, :3] = np.rint(blended * 255.0).reshape(256 * 256, 3)
     return rgba.view(np.uint32).ravel()
@@ -317,11 +337,16 @@ def render(
     method: str = "grad-cam",
     colormap_name: colormap.ColormapName = "inferno",
     alpha: float = 0.5,
+    floor: float = DEFAULT_FLOOR,
+    target: str = "",
+    target_probability: float | None = None,
 ) -> Heatmap:
     """Blend a map over its source image for the Secondary Capture.
 
-    The colour's opacity grows with the map value, so regions the model ignored keep
-    their original grey levels and remain readable.
+    The colour's opacity grows with the map value above ``floor`` (see :func:`opacity`),
+    so regions the model ignored keep their original grey levels and remain readable.
+    The overlay keeps the source's size and aspect: the Secondary Capture shows it at
+    full resolution, pictures for pages are scaled down from it.
 
     Parameters
     ----------
@@ -333,21 +358,27 @@ def render(
         The raw map at any resolution (0..1); it is resized to the source.
     method
         "grad-cam" or "occlusion", recorded in the Heatmap.
-    colormap_name, alpha
-        Colour map and maximum opacity of the overlay.
+    colormap_name, alpha, floor
+        Colour map, maximum opacity of the overlay, and the share of the peak below
+        which nothing is coloured.
+    target, target_probability
+        The class (or finding) the map explains and its probability on this image,
+        recorded in the Heatmap so every picture can say what it shows.
     """
     gray = to_grayscale(display)
     full = resize_map(cam, (gray.shape[0], gray.shape[1]))
     map_levels = np.rint(full * 255.0).astype(np.uint16)
     if display.ndim == 2:
         grey_levels = np.rint(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint16)
-        packed = _blend_table(colormap_name, float(alpha))[grey_levels * 256 + map_levels]
+        table = _blend_table(colormap_name, float(alpha), float(floor))
+        packed = table[grey_levels * 256 + map_levels]
         # An (rows, columns, 3) view of the RGBA words: no copy of a 2k x 2k picture.
         overlay = packed.view(np.uint8).reshape(*packed.shape, 4)[..., :3]
     else:
-        opacity = (alpha * full)[..., None]
+        levels = map_levels.astype(np.float32) / 255.0
+        weight = opacity(levels, float(alpha), float(floor))[..., None]
         colours = colormap.lookup_table(colormap_name)[map_levels]
-        blended = (1.0 - opacity) * display + opacity * colours
+        blended = (1.0 - weight) * display + weight * colours
         overlay = np.rint(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
     return Heatmap(
         sop_instance_uid=sop_instance_uid,
@@ -356,4 +387,9 @@ def render(
         cam=full,
         overlay=overlay,
         method=method,
+        target=target,
+        target_probability=target_probability,
+        colormap=colormap_name,
+        floor=float(floor),
+        alpha=float(alpha),
     )

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inference.pixels import Window, WindowChoice
+from inference.scope import ScopeSpec
 from inference.types import PRIVATE_SCHEME, Concept, ModelInfo
 
 MANIFEST_NAME = "model.toml"
@@ -217,6 +218,11 @@ class ExplainSpec(_Strict):
     feature map for Grad-CAM: "auto" (the last convolutional map, searched inside nested
     models too) or a path such as "xception/block14_sepconv2_act". ``target`` is the
     class explained: the positive finding, or each image's predicted class.
+
+    ``floor`` is the fraction of the map's peak below which the overlay leaves the image
+    uncoloured: a faint map value is noise, and tinting the whole film would make every
+    region look like evidence. Above it the colour's opacity grows linearly up to
+    ``alpha`` at the peak.
     """
 
     method: Literal["auto", "grad-cam", "occlusion", "none"] = "auto"
@@ -226,6 +232,7 @@ class ExplainSpec(_Strict):
     occlusion_patch: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
     colormap: Literal["inferno", "viridis"] = "inferno"
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    floor: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
 
 
 class SeriesSpec(_Strict):
@@ -260,6 +267,7 @@ class ManifestSpec(_Strict):
     concepts: ConceptsSpec
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     series: SeriesSpec = Field(default_factory=SeriesSpec)
+    scope: ScopeSpec = Field(default_factory=ScopeSpec)
 
     @model_validator(mode="after")
     def _class_concepts_known(self) -> ManifestSpec:
@@ -410,4 +418,5 @@ def _model_info(spec: ManifestSpec) -> ModelInfo:
         probability_concept=concepts.probability.to_concept(),
         positive_classes=positives,
         threshold=output.threshold,
+        scope=spec.scope.describe(),
     )

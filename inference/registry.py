@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,10 @@ class LoadedModel:
         ]
         timings["decode"] = time.perf_counter() - tick
         ids = [(ref.sop_instance_uid, ref.frame) for ref in refs]
-        return self._predict(images, ids, key_slices, explain, timings, start)
+        prediction = self._predict(images, ids, key_slices, explain, timings, start)
+        # A series outside the intended use still gets its result, flagged.
+        out_of_scope = spec.scope.violations(refs[0].dataset)
+        return replace(prediction, out_of_scope=out_of_scope) if out_of_scope else prediction
 
     def predict_image(
         self, image: npt.NDArray[np.generic], *, explain: bool = True
@@ -254,7 +258,7 @@ class LoadedModel:
         heatmaps: tuple[Heatmap, ...] = ()
         if explaining:
             keys = aggregate.key_images(scores, key_slices)
-            heatmaps = self._explain(batch, images, ids, keys, cams)
+            heatmaps = self._explain(batch, images, ids, keys, cams, probs)
         timings["explain"] = time.perf_counter() - tick
 
         series = aggregate.aggregate(probs, self._positive, spec.series)
@@ -290,6 +294,7 @@ class LoadedModel:
         ids: list[tuple[str, int | None]],
         keys: list[int],
         cams: Array | None,
+        probs: Array,
     ) -> tuple[Heatmap, ...]:
         """Heatmaps for the key images (reusing maps from a one-pass Grad-CAM)."""
         settings = self.manifest.spec.explain
@@ -308,18 +313,40 @@ class LoadedModel:
                 patch=settings.occlusion_patch,
                 batch_size=self.manifest.spec.series.batch_size,
             )
-        return tuple(
-            explain.render(
-                ids[k][0],
-                ids[k][1],
-                images[k],
-                maps[i],
-                method=self.explain_method,
-                colormap_name=settings.colormap,
-                alpha=settings.alpha,
+        heatmaps = []
+        for i, k in enumerate(keys):
+            label, probability = self._explained(probs[k])
+            heatmaps.append(
+                explain.render(
+                    ids[k][0],
+                    ids[k][1],
+                    images[k],
+                    maps[i],
+                    method=self.explain_method,
+                    colormap_name=settings.colormap,
+                    alpha=settings.alpha,
+                    floor=settings.floor,
+                    target=label,
+                    target_probability=probability,
+                )
             )
-            for i, k in enumerate(keys)
-        )
+        return tuple(heatmaps)
+
+    def _explained(self, probabilities: Array) -> tuple[str, float]:
+        """What a key image's map explains (see :meth:`_target`) and its probability there.
+
+        The positive finding: its class, or the finding type when several classes count
+        as the finding (their summed probability). Otherwise the image's likeliest class.
+        """
+        classes = self.info.classes
+        if self.manifest.spec.explain.target == "positive" and self._positive:
+            if len(self._positive) == 1:
+                label = classes[self._positive[0]]
+            else:
+                label = self.info.finding_type.meaning
+            return label, float(np.clip(probabilities[self._positive].sum(), 0.0, 1.0))
+        best = int(np.argmax(probabilities))
+        return classes[best], float(probabilities[best])
 
 
 def as_display_image(image: npt.NDArray[np.generic]) -> pixels.FloatImage:

@@ -58,6 +58,9 @@ class ModelInfo:
     positive_classes: tuple[str, ...] = ()
     # the positive probability at or above which the series is called positive
     threshold: float = 0.5
+    # The part of the intended use the node checks from the header, in words (e.g. "CR or
+    # DX; body part CHEST; age 0-17 years"); empty when the manifest states none.
+    scope: str = ""
 
     def __post_init__(self) -> None:
         # Older callers give only positive_class: keep the two fields consistent.
@@ -82,6 +85,14 @@ class Heatmap:
     ``image`` is the display-correct source (modality/VOI/presentation LUTs applied, 0..1),
     ``cam`` the raw explanation map resized to the same size (0..1), and ``overlay`` the
     blended RGB picture that the Secondary Capture shows.
+
+    ``target`` names what the map explains: a class label, or the finding type when
+    several classes count as the finding; ``target_probability`` is its probability on
+    this image. A map of a confident NORMAL shows where the model saw "normal", not a
+    suspicious area, so every picture and SR item says which class it explains.
+    ``colormap``, ``floor`` and ``alpha`` record how the overlay was coloured: map values
+    below ``floor`` (a fraction of the map's peak) are left uncoloured, the peak is
+    blended at opacity ``alpha``.
     """
 
     sop_instance_uid: str
@@ -90,6 +101,11 @@ class Heatmap:
     cam: npt.NDArray[np.float32]  # (rows, columns), 0..1
     overlay: npt.NDArray[np.uint8]  # (rows, columns, 3) RGB
     method: str = "grad-cam"  # or "occlusion"
+    target: str = ""
+    target_probability: float | None = None
+    colormap: str = "inferno"
+    floor: float = 0.0
+    alpha: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -106,3 +122,7 @@ class SeriesPrediction:
     # Added by the runtime: whether the positive probability reached model.threshold
     # (None for a model without positive classes), so the SR can say Present / Absent.
     finding_present: bool | None = None
+    # Added by the runtime: why the series is outside the model's intended use (e.g.
+    # "patient age 64 years, intended 0-17 years"); empty when it is inside or unchecked.
+    # Such a series still gets results, flagged everywhere they are shown.
+    out_of_scope: tuple[str, ...] = ()

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Final
 from xml.sax.saxutils import escape
 
-import numpy as np
 from PIL import Image as PILImage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -58,7 +57,9 @@ from dicom_node.results.common import (
     header_copy,
     headline_probability,
 )
-from inference.types import Heatmap, SeriesPrediction
+from dicom_node.results.picture import labelled_heatmap, title
+from dicom_node.wording import call_text, out_of_scope_text, probability_value
+from inference.types import SeriesPrediction
 
 # LOINC 18748-4 "Diagnostic Imaging Report" (CID 7000, document titles): the document
 # class of an imaging report. The title and the body say it is not for diagnostic use.
@@ -179,51 +180,57 @@ def _story(header: Sequence[tuple[str, str]], prediction: SeriesPrediction) -> l
     styles = getSampleStyleSheet()
     warning = ParagraphStyle("warning", parent=styles["Heading2"], textColor=colors.red)
     model = prediction.model
-    headline = headline_probability(prediction)
-    predicted = model.class_concepts[prediction.predicted_class].meaning
+    predicted = prediction.predicted_class
+    model_rows = [
+        ("Name", model.name),
+        ("Version", model.version),
+        ("Identifier", model.id),
+        ("Intended use", model.intended_use),
+    ]
+    if model.scope:
+        model_rows.append(("Intended use checked", model.scope))
+    scope = out_of_scope_text(prediction.out_of_scope)
     return [
         Paragraph(escape(f"AI result: {model.name}"), styles["Title"]),
         Paragraph(escape(identity.NOT_FOR_DIAGNOSTIC_USE_SHORT), warning),
+        *([Paragraph(escape(scope), warning)] if scope else []),
         _table([(k, v) for k, v in header], header_row=None),
         Spacer(1, 0.4 * cm),
         Paragraph("Model", styles["Heading3"]),
-        _table(
-            [
-                ("Name", model.name),
-                ("Version", model.version),
-                ("Identifier", model.id),
-                ("Intended use", model.intended_use),
-            ],
-            header_row=None,
-        ),
+        _table(model_rows, header_row=None),
         Spacer(1, 0.4 * cm),
-        Paragraph(escape(f"Predicted class: {predicted}"), styles["Heading2"]),
         Paragraph(
-            escape(f"Probability of {headline.label}: {headline.value:.3f}"), styles["Normal"]
+            escape(f"Result: {call_text(predicted, prediction.probabilities[predicted])}"),
+            styles["Heading2"],
         ),
         *_finding_paragraph(prediction, styles["Normal"]),
         Spacer(1, 0.3 * cm),
         _table(_probability_rows(prediction), header_row=("Class", "Probability")),
         Spacer(1, 0.4 * cm),
-        *_heatmap_flowables(prediction.heatmaps, styles["Normal"]),
+        *_heatmap_flowables(prediction, styles["Normal"]),
         Spacer(1, 0.4 * cm),
         Paragraph(escape(identity.NOT_FOR_DIAGNOSTIC_USE), warning),
     ]
 
 
 def _finding_paragraph(prediction: SeriesPrediction, style: ParagraphStyle) -> list[Flowable]:
-    if prediction.finding_present is None:
-        return []
+    """The finding's probability (when it is not the predicted class's) and verdict."""
     model = prediction.model
-    verdict = "present" if prediction.finding_present else "absent"
-    text = f"{model.finding_type.meaning}: {verdict} (threshold {model.threshold:.2f})"
-    return [Paragraph(escape(text), style)]
+    paragraphs = []
+    headline = headline_probability(prediction)
+    if headline.label != prediction.predicted_class:
+        paragraphs.append(Paragraph(escape(call_text(headline.label, headline.value)), style))
+    if prediction.finding_present is not None:
+        verdict = "present" if prediction.finding_present else "absent"
+        text = f"{model.finding_type.meaning}: {verdict} (threshold {model.threshold:.2f})"
+        paragraphs.append(Paragraph(escape(text), style))
+    return paragraphs
 
 
 def _probability_rows(prediction: SeriesPrediction) -> list[tuple[str, str]]:
     concepts = prediction.model.class_concepts
     return [
-        (f"{concepts[cls].meaning} ({cls})", f"{prediction.probabilities[cls]:.3f}")
+        (f"{cls} ({concepts[cls].meaning})", probability_value(prediction.probabilities[cls]))
         for cls in prediction.model.classes
     ]
 
@@ -245,11 +252,12 @@ def _table(rows: Sequence[tuple[str, str]], header_row: tuple[str, str] | None) 
     return table
 
 
-def _heatmap_flowables(heatmaps: Sequence[Heatmap], style: ParagraphStyle) -> list[Flowable]:
-    if not heatmaps:
+def _heatmap_flowables(prediction: SeriesPrediction, style: ParagraphStyle) -> list[Flowable]:
+    if not prediction.heatmaps:
         return [Paragraph("No heatmap was produced for this series.", style)]
-    key = heatmaps[0]
-    picture = PILImage.fromarray(np.ascontiguousarray(key.overlay), mode="RGB")
+    key = prediction.heatmaps[0]
+    # The same labelled picture as the Secondary Capture: class explained, colour scale.
+    picture = PILImage.fromarray(labelled_heatmap(prediction, key), mode="RGB")
     # About 200 dpi at the printed size is plenty; a full-size CR would add megabytes.
     picture.thumbnail((_HEATMAP_PIXELS, _HEATMAP_PIXELS), PILImage.Resampling.LANCZOS)
     png = io.BytesIO()
@@ -257,7 +265,7 @@ def _heatmap_flowables(heatmaps: Sequence[Heatmap], style: ParagraphStyle) -> li
     png.seek(0)
     scale = _HEATMAP_MAX / max(picture.size)
     frame = f", frame {key.frame}" if key.frame is not None else ""
-    caption = f"Key image ({key.method}): instance {key.sop_instance_uid}{frame}"
+    caption = f"Key image ({title(prediction, key)}): instance {key.sop_instance_uid}{frame}"
     return [
         Image(png, width=picture.width * scale, height=picture.height * scale, hAlign="LEFT"),
         Paragraph(escape(caption), style),

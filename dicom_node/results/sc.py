@@ -1,10 +1,12 @@
 """Grad-CAM Secondary Capture: the heatmap a person looks at, with the result burned in.
 
 Every PACS viewer can show a Secondary Capture, so this is the result most users will
-see. The picture is the runtime's overlay (heatmap blended over the correctly windowed
-source image) with model, predicted class, probability and "NOT FOR DIAGNOSTIC USE"
-burned into the pixels (in a band added above the picture), so no viewer can show the
-heatmap without its caveat.
+see. The picture is :func:`dicom_node.results.picture.labelled_heatmap`: the runtime's
+overlay (heatmap blended over the correctly windowed source image) below a band that
+names the class the map explains ("Grad-CAM for PNEUMONIA"), states the result, shows the
+colour scale and its meaning, flags a series outside the model's intended use and says
+NOT FOR DIAGNOSTIC USE, all burned into the pixels, so no viewer can show the heatmap
+without them. The resolution policy is documented in that module.
 
 highdicom's ``SCImage.from_ref_dataset`` copies patient and study from the source; the
 rest is fixed here because highdicom does not do it:
@@ -16,14 +18,10 @@ rest is fixed here because highdicom does not do it:
   highdicom accepts only single letters, so it is written after construction.
 * Laterality: present only for paired body parts (dciodvfy ties it to Body Part
   Examined), empty when the source does not say which side.
-
-Small images are enlarged by an integer factor (nearest neighbour) before the text is
-drawn, so the caveat stays legible on a 64 x 64 MR slice.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Final
@@ -31,7 +29,6 @@ from typing import Final
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
@@ -45,14 +42,10 @@ from dicom_node.results.common import (
     check_sources,
     ensure_encodable,
     header_copy,
-    headline_probability,
 )
+from dicom_node.results.picture import explained, labelled_heatmap, method_name
+from dicom_node.wording import out_of_scope_text
 from inference.types import Heatmap, ModelInfo, SeriesPrediction
-
-# Shorter image side below which the picture is enlarged before text is drawn.
-MIN_SIDE: Final = 512
-TEXT_COLOUR: Final = (255, 255, 255)
-WARNING_COLOUR: Final = (255, 255, 0)
 
 # Body Part Examined terms that dicom3tools' dciodvfy knows as unpaired structures (it
 # then forbids Laterality). Every other term, including ones it does not know, it treats
@@ -122,7 +115,7 @@ def build_sc(
     check_prediction(prediction)
     with as_value_error("secondary capture"):
         frame = _checked_frame(source, heatmap)
-        pixels = burn_in_text(heatmap.overlay, annotation_lines(prediction, heatmap))
+        pixels = labelled_heatmap(prediction, heatmap)
         model = prediction.model
         with warnings.catch_warnings():
             # highdicom re-checks the source's person names (e.g. a one-word referring
@@ -160,72 +153,6 @@ def _checked_frame(source: Dataset, heatmap: Heatmap) -> int | None:
     if heatmap.frame is None or not 1 <= heatmap.frame <= frames:
         raise ValueError(f"heatmap of a {frames}-frame source needs a frame in 1..{frames}")
     return heatmap.frame
-
-
-def annotation_lines(prediction: SeriesPrediction, heatmap: Heatmap) -> list[str]:
-    """The text burned into the picture, caveat last."""
-    model = prediction.model
-    headline = headline_probability(prediction)
-    predicted = model.class_concepts[prediction.predicted_class].meaning
-    lines = [
-        f"{model.name} {model.version}",
-        f"Predicted: {predicted}",
-        f"P({headline.label}) = {headline.value:.2f}",
-    ]
-    if prediction.finding_present is not None:
-        verdict = "present" if prediction.finding_present else "absent"
-        lines.append(f"{model.finding_type.meaning}: {verdict} (threshold {model.threshold:.2f})")
-    lines.append(f"Heatmap: {heatmap.method}")
-    lines.append(identity.NOT_FOR_DIAGNOSTIC_USE_SHORT)
-    return lines
-
-
-def burn_in_text(overlay: npt.NDArray[np.uint8], lines: Sequence[str]) -> npt.NDArray[np.uint8]:
-    """Return ``overlay`` (enlarged if small) below a black band carrying ``lines``.
-
-    The band is added above the picture rather than drawn over it, so the text hides no
-    anatomy and stays readable over any heatmap colour. Adding rows at the top keeps the
-    row and column directions, so Patient Orientation still holds. The last line (the
-    caveat) is drawn in yellow.
-    """
-    picture = _enlarged(Image.fromarray(np.ascontiguousarray(overlay), mode="RGB"))
-    margin = max(4, picture.width // 100)
-    font = _fitting_font(lines, picture.width - 2 * margin, min(picture.size))
-    line_height = math.ceil(font.size * 1.3)
-    band = 2 * margin + line_height * len(lines)
-    canvas = Image.new("RGB", (picture.width, band + picture.height), (0, 0, 0))
-    canvas.paste(picture, (0, band))
-    draw = ImageDraw.Draw(canvas)
-    for number, line in enumerate(lines):
-        colour = WARNING_COLOUR if number == len(lines) - 1 else TEXT_COLOUR
-        draw.text((margin, margin + number * line_height), line, fill=colour, font=font)
-    return np.asarray(canvas, dtype=np.uint8)
-
-
-def enlarged(overlay: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """The picture part of :func:`burn_in_text`'s output, without the text band."""
-    image = _enlarged(Image.fromarray(np.ascontiguousarray(overlay), mode="RGB"))
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _enlarged(image: Image.Image) -> Image.Image:
-    side = min(image.size)
-    if side >= MIN_SIDE:
-        return image
-    factor = math.ceil(MIN_SIDE / side)
-    # Nearest neighbour by an integer factor: no interpolated colours, geometry unchanged.
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-
-
-def _fitting_font(lines: Sequence[str], width: int, side: int) -> ImageFont.FreeTypeFont:
-    size = max(14, side // 32)
-    while True:
-        font = ImageFont.load_default(size=size)
-        if not isinstance(font, ImageFont.FreeTypeFont):
-            raise ValueError("Pillow was built without FreeType; cannot draw scalable text")
-        if size <= 8 or max(font.getlength(line) for line in lines) <= width:
-            return font
-        size -= 1
 
 
 def patient_orientation(source: Dataset, frame: int | None) -> list[str]:
@@ -321,12 +248,20 @@ def _set_derivation(
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
     ]
     sc.SourceImageSequence = [reference]
+    label, _ = explained(prediction, heatmap)
     sc.DerivationDescription = (
-        f"{heatmap.method} heatmap of {model.name} {model.version} blended over the "
-        f"displayed source image; result text burned in. "
+        f"{method_name(heatmap.method)} for {label} of {model.name} {model.version} "
+        f"blended over the displayed source image (uncoloured below {heatmap.floor:.2f} "
+        f"of the map's peak); result text and colour scale burned in. "
         f"{identity.NOT_FOR_DIAGNOSTIC_USE_SHORT}."
     )[:1024]
-    sc.ImageComments = identity.NOT_FOR_DIAGNOSTIC_USE
+    scope = out_of_scope_text(prediction.out_of_scope)
+    # Image Comments is LT (10240 characters): room for the caveat and the scope notice.
+    sc.ImageComments = (
+        f"{scope}. {identity.NOT_FOR_DIAGNOSTIC_USE}"
+        if scope
+        else (identity.NOT_FOR_DIAGNOSTIC_USE)
+    )
 
 
 def _sc_from_source(

@@ -11,15 +11,22 @@ Content tree (one SR per model and series)::
       HAS CONCEPT MOD  Language of content: English
       HAS OBS CONTEXT  Observer Type: Device, Device Observer UID/Name/...   (TID 1002/1004)
       HAS CONCEPT MOD  Procedure reported: by modality and body part
-      CONTAINS         Image Library: the source images that have geometry (TID 1600)
+      CONTAINS         Image Library: the images the findings are on (TID 1600)
       CONTAINS         Imaging Measurements
-        CONTAINS       Measurement Group (TID 1501)
-          Tracking Identifier + Tracking UID, Finding type, Algorithm identification,
-          Finding site, Source images (with frames), NUM headline probability,
-          NUM probability of every class, CODE Predicted class (local code) = class,
-          CODE <finding type> = Present/Absent (when the runtime decided it)
+        CONTAINS       Measurement Group (TID 1501): the series result
+        CONTAINS       Measurement Group (TID 1501): one per key image (heatmap region)
       CONTAINS         Qualitative Evaluations
-        CONTAINS       TEXT Comment: not for diagnostic use
+        CONTAINS       TEXT Comment: not for diagnostic use (and outside intended use)
+
+The measurement groups, and why each has a SCOORD on its source image, are described in
+:mod:`dicom_node.results.findings`.
+
+The Image Library describes each image with what highdicom reads from it (TID 1602, and
+TID 1603/1604 for projection and cross-sectional images). Many real images lack what the
+modality-specific descriptors need: RG1_UNCI (CR) has no Imager Pixel Spacing and a
+Pixel Spacing of 0\\0, enhanced multi-frame objects keep spacing in functional groups.
+Such an image gets the general descriptors only (modality, frame of reference, rows,
+columns) instead of being left out of the library.
 
 Procedure reported codes (``procedure_reported``):
 
@@ -46,24 +53,16 @@ from typing import Final, Literal
 
 import highdicom as hd
 from highdicom.sr import (
-    AlgorithmIdentification,
-    CodeContentItem,
     CodedConcept,
     ContainerContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
-    FindingSite,
-    ImageLibrary,
-    Measurement,
+    ImageLibraryEntryDescriptors,
     MeasurementReport,
-    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
-    QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
     TextContentItem,
-    TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -80,11 +79,11 @@ from dicom_node.results.common import (
     check_sources,
     ensure_encodable,
     header_copy,
-    headline_probability,
     private_coding_schemes,
-    to_coded,
 )
-from inference.types import PRIVATE_SCHEME, Concept, ModelInfo, SeriesPrediction
+from dicom_node.results.findings import ImageRef, measurement_groups
+from dicom_node.wording import out_of_scope_text
+from inference.types import PRIVATE_SCHEME, ModelInfo, SeriesPrediction
 
 SRClass = Literal["comprehensive3d", "comprehensive", "enhanced"]
 
@@ -103,19 +102,6 @@ SR_CLASS_UIDS: Final[dict[str, str]] = {
     "enhanced": EnhancedSRStorage,
 }
 
-# A probability is a ratio: UCUM "1" (no units).
-UNITLESS: Final = CodedConcept("1", "UCUM", "no units")
-# DCM 122157 "Probability": concept name of the per-class probability NUM items.
-PROBABILITY: Final = CodedConcept("122157", "DCM", "Probability")
-# DCM 121071 "Finding": the concept modifier that names the class a probability is about.
-FINDING: Final = CodedConcept("121071", "DCM", "Finding")
-# Concept name of the predicted-class evaluation. TID 1501 already uses "Finding" for the
-# finding type, and DICOM has no code for "class predicted by a classifier", so a local
-# code makes the item unambiguous (its scheme is declared in the SR, see common.py).
-PREDICTED_CLASS: Final = CodedConcept("PREDCLASS", PRIVATE_SCHEME, "Predicted class")
-# SCT 52101004 "Present" / 272519000 "Absent": whether the finding type was found.
-PRESENT: Final = CodedConcept("52101004", "SCT", "Present")
-ABSENT: Final = CodedConcept("272519000", "SCT", "Absent")
 # The "Qualitative Evaluations" container of TID 1500, which the template codes in UMLS.
 QUALITATIVE_EVALUATIONS: Final = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
@@ -237,21 +223,21 @@ def measurement_report(
 ) -> MeasurementReport:
     """The TID 1500 content tree (see the module docstring)."""
     model = prediction.model
-    used = referenced_sources(sources, prediction)
+    groups, images = measurement_groups(
+        sources, prediction, referenced_sources(sources, prediction)
+    )
     report = MeasurementReport(
         observation_context=_observation_context(model),
         procedure_reported=procedure_reported(sources[0], model),
-        imaging_measurements=[_measurement_group(sources, used, prediction)],
-        referenced_images=_library_images(used) or None,
+        imaging_measurements=groups,
+        referenced_images=[library_dataset(ds) for ds in images] or None,
     )
-    # TID 1500 "Qualitative Evaluations" holds the statement about the whole report.
-    report[0].ContentSequence.append(_not_for_diagnostic_use())
+    # TID 1500 "Qualitative Evaluations" holds the statements about the whole report.
+    report[0].ContentSequence.append(_report_comments(prediction))
     return report
 
 
-def referenced_sources(
-    sources: Sequence[Dataset], prediction: SeriesPrediction
-) -> list[tuple[Dataset, list[int] | None]]:
+def referenced_sources(sources: Sequence[Dataset], prediction: SeriesPrediction) -> list[ImageRef]:
     """Return the sources the model scored, each with the frames it scored.
 
     Every SR image reference must point at evidence, so a scored instance missing from
@@ -327,132 +313,66 @@ def _observation_context(model: ModelInfo) -> ObservationContext:
     )
 
 
-def _algorithm_identification(model: ModelInfo) -> AlgorithmIdentification:
-    return AlgorithmIdentification(
-        name=model.name, version=model.version, parameters=[f"model id: {model.id}"]
-    )
+def library_dataset(ds: Dataset) -> Dataset:
+    """``ds``, or a header copy that highdicom's Image Library can describe.
 
-
-def _measurement_group(
-    sources: Sequence[Dataset],
-    used: list[tuple[Dataset, list[int] | None]],
-    prediction: SeriesPrediction,
-) -> MeasurementsAndQualitativeEvaluations:
-    model = prediction.model
-    series_uid = str(sources[0].SeriesInstanceUID)
-    site = model.finding_site
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=uids.finding_tracking_uid(series_uid, model.id),
-            identifier=f"{model.id}: {model.finding_type.meaning}"[:64],
-        ),
-        finding_type=to_coded(model.finding_type),
-        algorithm_id=_algorithm_identification(model),
-        finding_sites=[FindingSite(anatomic_location=to_coded(site))] if site else None,
-        measurements=probability_measurements(prediction),
-        qualitative_evaluations=qualitative_evaluations(prediction),
-        source_images=[
-            SourceImageForMeasurementGroup.from_source_image(ds, referenced_frame_numbers=f)
-            for ds, f in used
-        ],
-    )
-
-
-def qualitative_evaluations(prediction: SeriesPrediction) -> list[QualitativeEvaluation]:
-    """CODE items: the predicted class, and whether the finding is present.
-
-    Presence is coded only when the runtime decided it (a model with positive classes
-    and a threshold): "<finding type> = Present/Absent" is what a worklist can filter on.
+    highdicom reads the projection (TID 1603) or cross-sectional (TID 1604) descriptors
+    from top-level attributes and raises when one is missing; a zero pixel spacing (as in
+    RG1_UNCI) would be described as a 0 mm pixel. For such images the copy carries no
+    Modality attribute, so only the general descriptors (TID 1602: modality coded from
+    the SOP class, frame of reference, rows, columns) are written. The copy is used for
+    the library only; the image itself stays referenced and in the evidence as it is.
     """
-    model = prediction.model
-    evaluations = [
-        QualitativeEvaluation(
-            name=PREDICTED_CLASS,
-            value=to_coded(model.class_concepts[prediction.predicted_class]),
-        )
-    ]
-    if prediction.finding_present is not None:
-        evaluations.append(
-            QualitativeEvaluation(
-                name=to_coded(model.finding_type),
-                value=PRESENT if prediction.finding_present else ABSENT,
-            )
-        )
-    return evaluations
-
-
-def probability_measurements(prediction: SeriesPrediction) -> list[Measurement]:
-    """NUM items: the headline probability first, then the probability of every class.
-
-    OHIF labels a finding only from NUM items, so the headline (the finding, or the
-    predicted class for models without positive classes) is always present, named by
-    the model's probability concept (e.g. DCM 111047 "Probability of cancer"). What a
-    NUM is the probability of is coded in a ``Finding`` concept modifier, so a reader
-    need not parse text.
-    """
-    model = prediction.model
-    headline = headline_probability(prediction)
-    headline_name = to_coded(model.probability_concept)
-    measurements = [_probability(headline_name, headline.value, headline.concept)]
-    for cls in model.classes:
-        concept = model.class_concepts[cls]
-        if headline_name == PROBABILITY and concept == headline.concept:
-            continue  # the headline already is this class's "Probability" item
-        measurements.append(_probability(PROBABILITY, prediction.probabilities[cls], concept))
-    return measurements
-
-
-def _probability(name: CodedConcept, value: float, about: Concept) -> Measurement:
-    measurement = Measurement(name=name, value=float(value), unit=UNITLESS)
-    modifiers = [
-        CodeContentItem(
-            name=FINDING,
-            value=to_coded(about),
-            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
-        ),
-        # TID 300 "Equivalent Meaning of Concept Name": the readable form for people.
-        TextContentItem(
-            name=codes.DCM.EquivalentMeaningOfConceptName,
-            value=f"Probability of {about.meaning}",
-            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
-        ),
-    ]
-    measurement[0].ContentSequence = ContentSequence(modifiers)
-    return measurement
-
-
-def _library_images(used: list[tuple[Dataset, list[int] | None]]) -> list[Dataset]:
-    """Sources that the TID 1600 Image Library can describe.
-
-    highdicom's library entry reads Pixel Spacing, Image Orientation/Position and Slice
-    Thickness (CT, MR, PT) or Patient Orientation and Imager Pixel Spacing (projection
-    radiography) from the top level; enhanced multi-frame objects keep them in
-    functional groups and many CR files lack them. The library is optional in TID 1500,
-    so such images are left out of it; they stay referenced and in the evidence.
-    """
-    return [ds for ds, _ in used if _describable(ds)]
+    if _describable(ds):
+        return ds
+    copy = Dataset()
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Rows",
+        "Columns",
+        "FrameOfReferenceUID",
+    ):
+        if keyword in ds:
+            setattr(copy, keyword, ds.get(keyword))
+    copy.Modality = ""  # neither projection nor cross-sectional: general descriptors only
+    return copy
 
 
 def _describable(ds: Dataset) -> bool:
     try:
-        ImageLibrary([ds])
+        ImageLibraryEntryDescriptors(ds)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return False
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = ds.get(keyword)
+        if spacing is not None and any(float(v) <= 0.0 for v in spacing):
+            return False  # the descriptor would state a 0 mm pixel
     return True
 
 
-def _not_for_diagnostic_use() -> ContainerContentItem:
+def _report_comments(prediction: SeriesPrediction) -> ContainerContentItem:
     container = ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS,
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
+    notes = [identity.NOT_FOR_DIAGNOSTIC_USE]
+    if prediction.out_of_scope:
+        scope = prediction.model.scope
+        notes.append(
+            out_of_scope_text(prediction.out_of_scope)
+            + (f". Intended use: {scope}" if scope else "")
+        )
     container.ContentSequence = ContentSequence(
         [
             TextContentItem(
                 name=codes.DCM.Comment,
-                value=identity.NOT_FOR_DIAGNOSTIC_USE,
+                value=note,
                 relationship_type=RelationshipTypeValues.CONTAINS,
             )
+            for note in notes
         ]
     )
     return container

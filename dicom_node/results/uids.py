@@ -19,7 +19,8 @@ Policy
 * Device UID of the model (IHE AI Results, Contributing Equipment and the SR device
   observer): from (model id, model version), so it changes exactly when the model does.
 * Tracking UID of the finding (TID 4108): from (source series, model id), so the same
-  finding keeps its identity across generations and versions.
+  finding keeps its identity across generations and versions; an image-level finding's
+  from (source series, model id, image instance, frame).
 
 Why not ``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)``
 ------------------------------------------------------------------
@@ -160,3 +161,22 @@ def finding_tracking_uid(source_series_uid: str, model_id: str) -> str:
     _check_uid(source_series_uid, "source series UID")
     _check_text(model_id, "model id")
     return name_based_uid("tracking", source_series_uid, model_id)
+
+
+def image_finding_tracking_uid(
+    source_series_uid: str, model_id: str, sop_instance_uid: str, frame: int | None
+) -> str:
+    """Tracking Unique Identifier of the finding one model reports on one image (frame).
+
+    Stable across generations and versions, like :func:`finding_tracking_uid`, and
+    different for every image and frame, so a viewer keeps the regions of two key images
+    apart (OHIF merges measurement groups that share a Tracking UID).
+    """
+    _check_uid(source_series_uid, "source series UID")
+    _check_text(model_id, "model id")
+    _check_uid(sop_instance_uid, "image SOP Instance UID")
+    if frame is not None:
+        _check_count(frame, "frame")
+    return name_based_uid(
+        "tracking-image", source_series_uid, model_id, sop_instance_uid, frame or 0
+    )

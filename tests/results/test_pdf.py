@@ -47,7 +47,8 @@ def page_text(document: bytes) -> str:
             text.append(zlib.decompress(base64.a85decode(data)).decode("latin-1"))
         except (ValueError, zlib.error):
             continue  # an image or another encoding: no text in it
-    return "\n".join(text)
+    # PDF string literals escape parentheses and backslashes.
+    return re.sub(r"\\([()\\])", r"\1", "\n".join(text))
 
 
 @pytest.mark.parametrize("source_name", ["cr", "dx"])
@@ -88,13 +89,28 @@ def test_pdf_has_one_page_with_header_result_and_caveat(
         "exam Number",  # accession number
         "Pneumonia Xception",
         "0.3.0",
-        "Predicted class: Abnormal",
-        "0.870",
+        "Result: PNEUMONIA P(PNEUMONIA) = 0.87",
         "Pneumonia: present",
+        "Grad-CAM for PNEUMONIA",  # the key image's caption names the class explained
         identity.NOT_FOR_DIAGNOSTIC_USE_SHORT,
     ):
         assert expected in text, expected
     assert "/Subtype /Image" in document.decode("latin-1")  # the key heatmap
+    assert "OUTSIDE INTENDED USE" not in text
+
+
+def test_pdf_flags_a_series_outside_the_intended_use(
+    pneumonia_prediction: SeriesPrediction, cr: Dataset
+) -> None:
+    model = dataclasses.replace(pneumonia_prediction.model, scope="CR or DX; age 0-17 years")
+    prediction = dataclasses.replace(
+        pneumonia_prediction,
+        model=model,
+        out_of_scope=("patient age 64 years, intended 0-17 years",),
+    )
+    text = page_text(bytes(make_pdf([cr], prediction).EncapsulatedDocument))
+    assert "OUTSIDE INTENDED USE: patient age 64 years, intended 0-17 years" in text
+    assert "Intended use checked" in text and "CR or DX; age 0-17 years" in text
 
 
 def test_pdf_bytes_are_deterministic(pneumonia_prediction: SeriesPrediction, cr: Dataset) -> None:

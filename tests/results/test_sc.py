@@ -1,4 +1,4 @@
-"""Grad-CAM Secondary Capture: valid, in the source's study, text burned into the pixels."""
+"""Grad-CAM Secondary Capture: valid, in the source's study, text and colour scale burned in."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from pydicom.dataset import Dataset
 
 from dicom_node import identity
 from dicom_node.results import build_sc, uids
-from dicom_node.results.sc import (
-    WARNING_COLOUR,
-    anatomy,
-    annotation_lines,
-    enlarged,
-    patient_orientation,
-)
+from dicom_node.results.picture import WARNING_COLOUR, enlarged, labelled_heatmap, lines
+from dicom_node.results.sc import anatomy, patient_orientation
+from inference import colormap
 from inference.types import Heatmap, ModelInfo, SeriesPrediction
 from tests.dicom_validate import assert_dciodvfy_clean
 from tests.results.conftest import PredictionFactory, make_heatmap, roundtrip
@@ -110,15 +106,68 @@ def test_text_is_burned_above_the_unchanged_picture(
     assert min(pixels.shape[:2]) >= 512 or min(heatmap.overlay.shape[:2]) >= 512
 
 
-def test_annotation_names_model_class_probability_and_caveat(
+def test_annotation_names_explained_class_result_and_caveat(
     pneumonia_prediction: SeriesPrediction,
 ) -> None:
-    lines = annotation_lines(pneumonia_prediction, pneumonia_prediction.heatmaps[0])
-    assert lines[0] == "Pneumonia Xception 0.3.0"
-    assert "Predicted: Abnormal" in lines
-    assert "P(PNEUMONIA) = 0.87" in lines
-    assert "Pneumonia: present (threshold 0.50)" in lines
-    assert lines[-1] == identity.NOT_FOR_DIAGNOSTIC_USE_SHORT
+    texts = [line.text for line in lines(pneumonia_prediction, pneumonia_prediction.heatmaps[0])]
+    # A heatmap without a recorded target explains the predicted class.
+    assert texts[0] == "Grad-CAM for PNEUMONIA"
+    assert "Pneumonia Xception 0.3.0" in texts
+    assert "Result: PNEUMONIA P(PNEUMONIA) = 0.87" in texts
+    assert "Pneumonia: present (threshold 0.50)" in texts
+    assert texts[-1] == identity.NOT_FOR_DIAGNOSTIC_USE_SHORT
+    assert not any("OUTSIDE" in t for t in texts)
+
+
+def test_a_map_of_another_class_says_so_with_its_own_probability(
+    pneumonia_prediction: SeriesPrediction,
+) -> None:
+    # A NORMAL result whose map explains PNEUMONIA (explain.target = "positive").
+    heatmap = dataclasses.replace(
+        pneumonia_prediction.heatmaps[0], target="PNEUMONIA", target_probability=0.04
+    )
+    prediction = dataclasses.replace(
+        pneumonia_prediction,
+        predicted_class="NORMAL",
+        probabilities={"NORMAL": 0.96, "PNEUMONIA": 0.04},
+        positive_probability=0.04,
+        finding_present=False,
+        heatmaps=(heatmap,),
+    )
+    texts = [line.text for line in lines(prediction, heatmap)]
+    assert texts[0] == "Grad-CAM for PNEUMONIA"
+    assert "Result: NORMAL P(NORMAL) = 0.96" in texts
+    assert "This image: PNEUMONIA P(PNEUMONIA) = 0.04" in texts
+
+
+def test_out_of_scope_is_burned_in_and_commented(
+    pneumonia_prediction: SeriesPrediction, cr: Dataset
+) -> None:
+    reason = "patient age 64 years, intended 0-17 years"
+    prediction = dataclasses.replace(pneumonia_prediction, out_of_scope=(reason,))
+    warnings = [line.text for line in lines(prediction, prediction.heatmaps[0]) if line.warning]
+    assert warnings == [f"OUTSIDE INTENDED USE: {reason}", identity.NOT_FOR_DIAGNOSTIC_USE_SHORT]
+    sc = roundtrip(make_sc(cr, prediction.heatmaps[0], prediction))
+    assert sc.ImageComments.startswith(f"OUTSIDE INTENDED USE: {reason}")
+    assert identity.NOT_FOR_DIAGNOSTIC_USE in sc.ImageComments
+    plain = roundtrip(make_sc(cr, pneumonia_prediction.heatmaps[0], pneumonia_prediction))
+    # The notice takes a line of its own: the in-scope picture's band is shorter.
+    assert sc.Rows > plain.Rows
+
+
+def test_colour_scale_shows_the_colour_map_above_the_floor(
+    pneumonia_prediction: SeriesPrediction,
+) -> None:
+    heatmap = dataclasses.replace(pneumonia_prediction.heatmaps[0], floor=0.2)
+    picture = labelled_heatmap(pneumonia_prediction, heatmap)
+    band = picture[: picture.shape[0] - enlarged(heatmap.overlay).shape[0]]
+    table = (colormap.lookup_table("inferno") * 255).round()
+    # The scale's right end is the peak colour, and the map's low colours are absent
+    # from the scale's left part (uncoloured grey there).
+    peak = table[255]
+    assert np.any(np.all(np.abs(band.astype(int) - peak) <= 2, axis=-1))
+    grey = np.all(band == 128, axis=-1)
+    assert grey.sum() > band.shape[1]  # a grey stretch at least one bar row long
 
 
 def test_same_input_gives_the_same_pixels(

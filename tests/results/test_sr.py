@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import cast
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
@@ -42,10 +43,66 @@ def make_sr(sources: list[Dataset], prediction: SeriesPrediction, **kwargs: obje
 
 def read_back(path: Path) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """Read an SR file with highdicom and return its only measurement group."""
+    (group,) = groups_of(path)
+    return group
+
+
+def groups_of(path: Path) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Read an SR file with highdicom and return its measurement groups, in order."""
     sr = hd.sr.srread(path)
-    groups = cast(hd.sr.MeasurementReport, sr.content).get_image_measurement_groups()
-    assert len(groups) == 1
-    return groups[0]
+    return list(cast(hd.sr.MeasurementReport, sr.content).get_image_measurement_groups())
+
+
+def drawn_labels(sr: Dataset) -> list[tuple[list[str], dict[str, object]]]:
+    """What OHIF 3.13.2 draws for each measurement group, or an assertion error where it
+    would throw.
+
+    Mirrors ``_processNonGeometricallyDefinedMeasurement`` and
+    ``_checkIfCanAddMeasurementsToDisplaySet`` of @ohif/extension-cornerstone-dicom-sr
+    3.13.2 (read in its dist bundle): a group with a top-level SCOORD would take the TID
+    1410 path instead, so there must be none; the label lines are the TEXT Comment items
+    (as "<text>: "), then "<meaning>: <value to 2 decimals> <unit code>" of every NUM
+    whose children hold a SCOORD; the first such SCOORD is where the group is drawn, and
+    a group without one makes OHIF read ``coords[0].ReferencedSOPSequence`` of nothing.
+    Returns, per group, (lines, first SCOORD's {"type", "points", "uid", "frame"}).
+    """
+    (imaging,) = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    out = []
+    for group in imaging.ContentSequence:
+        items = list(group.ContentSequence)
+        assert not [i for i in items if i.ValueType in ("SCOORD", "SCOORD3D")]
+        assert len([i for i in items if i.ValueType == "UIDREF"]) == 1  # Tracking UID
+        lines = [
+            f"{i.TextValue}: "
+            for i in items
+            if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"
+        ]
+        coords = []
+        for num in (i for i in items if i.ValueType == "NUM"):
+            scoords = [c for c in num.get("ContentSequence", []) if c.ValueType == "SCOORD"]
+            if not scoords:
+                continue  # OHIF skips the NUM: no label, no place
+            scoord = scoords[0]
+            assert scoord.RelationshipType == "INFERRED FROM"
+            (image,) = scoord.ContentSequence
+            (ref,) = image.ReferencedSOPSequence
+            coords.append(
+                {
+                    "type": scoord.GraphicType,
+                    "points": [float(v) for v in scoord.GraphicData],
+                    "uid": ref.ReferencedSOPInstanceUID,
+                    "frame": ref.get("ReferencedFrameNumber"),
+                }
+            )
+            value = num.MeasuredValueSequence[0]
+            unit = value.MeasurementUnitsCodeSequence[0].CodeValue
+            meaning = num.ConceptNameCodeSequence[0].CodeMeaning
+            lines.append(f"{meaning}: {float(value.NumericValue):.2f} {unit}")
+        assert coords, "a group without a SCOORD makes OHIF throw"
+        out.append((lines, coords[0]))
+    return out
 
 
 def about(measurement: hd.sr.Measurement) -> tuple[str, str]:
@@ -109,43 +166,146 @@ def test_sr_is_valid_and_reads_back(
     assert referenced == [source.SOPInstanceUID]
     evidence = {e[2] for e in hd.sr.srread(path).get_evidence()}
     assert evidence == {source.SOPInstanceUID}
+    # Without a heatmap the result is drawn around the whole scored image.
+    ((lines, place),) = drawn_labels(hd.sr.srread(path))
+    predicted = max(probabilities, key=lambda c: probabilities[c])
+    assert lines[-1] == f"{predicted} P({predicted}): {probabilities[predicted]:.2f} 1"
+    assert place["uid"] == source.SOPInstanceUID
+    assert place["points"] == [
+        0, 0, source.Columns, 0, source.Columns, source.Rows, 0, source.Rows, 0, 0
+    ]  # fmt: skip
+    assert place["frame"] == (1 if "NumberOfFrames" in source else None)
 
 
-def test_headline_is_the_positive_probability(
+def test_predicted_class_is_drawn_on_its_region(
     pneumonia_prediction: SeriesPrediction, cr: Dataset, write_dicom: WriteDicom
 ) -> None:
-    group = read_back(write_dicom(make_sr([cr], pneumonia_prediction), "sr-headline"))
-    headline = group.get_measurements()[0]
-    assert headline.name.value == "122157"  # the model's probability concept (default)
-    assert headline.value == pytest.approx(0.87)
-    assert about(headline) == ("263654008", "SCT")  # PNEUMONIA's concept
-    # The positive class is not repeated: headline + NORMAL.
-    assert len(group.get_measurements()) == 2
+    path = write_dicom(make_sr([cr], pneumonia_prediction), "sr-drawn")
+    assert_dciodvfy_clean(path)
+    assert_dsrdump_ok(path)
+    # One image whose map explains the predicted class: one group, drawn on its region.
+    group = read_back(path)
+    first, *others = group.get_measurements()
+    assert (first.name.value, first.name.meaning) == ("122157", "PNEUMONIA P(PNEUMONIA)")
+    assert first.value == pytest.approx(0.87)
+    assert about(first) == ("263654008", "SCT")  # PNEUMONIA's concept
+    assert [(m.name.meaning, m.value) for m in others] == [("NORMAL P(NORMAL)", 0.13)]
+    assert first.referenced_coordinates is not None
+    assert not any(m.referenced_coordinates for m in others)
+    ((lines, place),) = drawn_labels(hd.sr.srread(path))
+    assert lines == [f"{identity.NOT_FOR_DIAGNOSTIC_USE_SHORT}: ", "PNEUMONIA P(PNEUMONIA): 0.87 1"]
+    assert place["type"] == "POLYLINE" and place["uid"] == cr.SOPInstanceUID
+    assert place["frame"] is None
+    points = np.array(place["points"]).reshape(-1, 2)
+    assert np.array_equal(points[0], points[-1])  # closed
+    assert (points >= 0).all() and (points[:, 0] <= cr.Columns).all()
+    assert (points[:, 1] <= cr.Rows).all()
+    # conftest's map peaks at (rows / 2, columns / 3): the outline surrounds that spot
+    # and is far smaller than the image.
+    peak = np.array([cr.Columns / 3, cr.Rows / 2])
+    assert (points.min(axis=0) < peak).all() and (points.max(axis=0) > peak).all()
+    width, height = points.max(axis=0) - points.min(axis=0)
+    assert width < cr.Columns / 2 and height < cr.Rows / 2
 
 
-def test_several_positive_classes_report_the_finding(
+def test_a_map_of_another_class_gets_its_own_group(
+    pneumonia_model: ModelInfo,
+    cr: Dataset,
+    make_prediction: PredictionFactory,
+    write_dicom: WriteDicom,
+) -> None:
+    # A NORMAL result whose map explains PNEUMONIA (explain.target = "positive").
+    prediction = make_prediction(
+        pneumonia_model, [cr], {"NORMAL": 0.96, "PNEUMONIA": 0.04}, [(cr, None)], False
+    )
+    heatmap = dataclasses.replace(
+        prediction.heatmaps[0], target="PNEUMONIA", target_probability=0.04
+    )
+    prediction = replace(prediction, heatmaps=(heatmap,))
+    path = write_dicom(make_sr([cr], prediction), "sr-other-class")
+    assert_dciodvfy_clean(path)
+    series, image = groups_of(path)
+    assert series.tracking_identifier == "pneumonia-xception: Pneumonia"
+    assert image.tracking_uid != series.tracking_uid
+    (drawn_series, drawn_image) = drawn_labels(hd.sr.srread(path))
+    assert drawn_series[0][-1] == "NORMAL P(NORMAL): 0.96 1"
+    # The series decision is drawn around the whole image...
+    assert drawn_series[1]["points"] == [0, 0, cr.Columns, 0, cr.Columns, cr.Rows, 0, cr.Rows, 0, 0]
+    # ...the map's class on its region, with the image-level verdict.
+    assert drawn_image[0][-1] == "PNEUMONIA P(PNEUMONIA): 0.04 1"
+    assert len(drawn_image[1]["points"]) < 200
+    presence = image.get_qualitative_evaluations(
+        name=hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
+    )
+    assert [q[0].value.meaning for q in presence] == ["Absent"]
+
+
+def test_key_slices_of_a_series_are_findings_on_their_frames(
     brain_prediction: SeriesPrediction, emri: Dataset, write_dicom: WriteDicom
 ) -> None:
-    group = read_back(write_dicom(make_sr([emri], brain_prediction), "sr-brain"))
-    headline, *per_class = group.get_measurements()
-    assert about(headline) == ("108369006", "SCT")  # Neoplasm: sum of the tumour classes
-    assert headline.value == pytest.approx(0.61 + 0.2 + 0.1)
+    path = write_dicom(make_sr([emri], brain_prediction), "sr-brain")
+    assert_dciodvfy_clean(path)
+    assert_dsrdump_ok(path)
+    series, *images = groups_of(path)
+    # The series result references the key slices the heatmaps come from.
+    (source,) = series.source_images
+    assert list(source.ReferencedSOPSequence[0].ReferencedFrameNumber) == [4, 7]
+    headline, *per_class = series.get_measurements()
+    assert headline.name.meaning == "glioma P(glioma)"
+    assert about(per_class[-1]) == ("108369006", "SCT")  # Neoplasm: sum of the tumour classes
+    assert per_class[-1].value == pytest.approx(0.61 + 0.2 + 0.1)
+    assert per_class[-1].name.meaning == "Neoplasm P(Neoplasm)"
     assert len(per_class) == 4
-    presence = group.get_qualitative_evaluations(
+    presence = series.get_qualitative_evaluations(
         name=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm")
     )
     assert [q[0].value.meaning for q in presence] == ["Present"]
+    # One image-level finding per key slice, each on its own frame, each tracked apart.
+    assert len(images) == 2
+    assert len({g.tracking_uid for g in (series, *images)}) == 3
+    drawn = drawn_labels(hd.sr.srread(path))
+    assert [place["frame"] for _, place in drawn] == [4, 4, 7]
+    assert all(place["uid"] == emri.SOPInstanceUID for _, place in drawn)
+    assert [lines[-1] for lines, _ in drawn[1:]] == ["glioma P(glioma): 0.61 1"] * 2
 
 
-def test_model_probability_concept_names_the_headline(
+def test_model_probability_concept_names_the_finding(
     pneumonia_prediction: SeriesPrediction, cr: Dataset, write_dicom: WriteDicom
 ) -> None:
     cancer = Concept("111047", "DCM", "Probability of cancer")
     model = dataclasses.replace(pneumonia_prediction.model, probability_concept=cancer)
     prediction = replace(pneumonia_prediction, model=model)
     group = read_back(write_dicom(make_sr([cr], prediction), "sr-cancer"))
-    names = [m.name.value for m in group.get_measurements()]
-    assert names == ["111047", "122157", "122157"]
+    names = [(m.name.value, m.name.meaning) for m in group.get_measurements()]
+    assert names == [
+        ("122157", "PNEUMONIA P(PNEUMONIA)"),
+        ("122157", "NORMAL P(NORMAL)"),
+        ("111047", "Probability of cancer"),
+    ]
+
+
+def test_outside_intended_use_is_flagged_in_every_group_and_the_report(
+    brain_prediction: SeriesPrediction, emri: Dataset, write_dicom: WriteDicom
+) -> None:
+    reason = "modality MR, intended CT"
+    model = dataclasses.replace(brain_prediction.model, scope="CT")
+    prediction = replace(brain_prediction, model=model, out_of_scope=(reason,))
+    path = write_dicom(make_sr([emri], prediction), "sr-out-of-scope")
+    assert_dciodvfy_clean(path)
+    sr = hd.sr.srread(path)
+    for lines, _ in drawn_labels(sr):
+        assert lines[0] == f"OUTSIDE INTENDED USE: {reason}: "
+    flag = hd.sr.CodedConcept("INTENDEDUSE", PRIVATE_SCHEME, "Within intended use")
+    for group in groups_of(path):
+        assert [q[0].value.meaning for q in group.get_qualitative_evaluations(name=flag)] == ["No"]
+    assert f"OUTSIDE INTENDED USE: {reason}. Intended use: CT" in _texts(sr)
+    # In scope: the flag says Yes, and no notice is drawn.
+    inside = write_dicom(make_sr([emri], replace(brain_prediction, model=model)), "sr-in-scope")
+    for group in groups_of(inside):
+        assert [q[0].value.meaning for q in group.get_qualitative_evaluations(name=flag)] == ["Yes"]
+    assert not any(
+        "OUTSIDE" in line for lines, _ in drawn_labels(hd.sr.srread(inside)) for line in lines
+    )
 
 
 def test_multi_frame_source_references_the_scored_frames(
@@ -285,20 +445,30 @@ def test_procedure_reported_falls_back_to_modality_then_imaging(
     assert procedure_reported(ultrasound, model).value == "363679005"  # Imaging procedure
 
 
-def test_image_library_only_holds_images_with_geometry(
+def test_image_library_describes_every_referenced_image(
     ct: Dataset,
+    cr: Dataset,
     emri: Dataset,
     brain_prediction: SeriesPrediction,
+    pneumonia_prediction: SeriesPrediction,
     make_prediction: PredictionFactory,
     brain_model: ModelInfo,
+    write_dicom: WriteDicom,
 ) -> None:
     probabilities = {"glioma": 0.1, "meningioma": 0.1, "notumor": 0.7, "pituitary": 0.1}
-    with_library = _texts_and_names(
-        make_sr([ct], make_prediction(brain_model, [ct], probabilities))
-    )
-    without = _texts_and_names(make_sr([emri], brain_prediction))
-    assert "Image Library" in with_library
-    assert "Image Library" not in without
+    cases = {
+        "ct": ([ct], make_prediction(brain_model, [ct], probabilities)),
+        "cr": ([cr], pneumonia_prediction),  # no Imager Pixel Spacing, Pixel Spacing 0\\0
+        "emri": ([emri], brain_prediction),  # spacing in functional groups only
+    }
+    for name, (sources, prediction) in cases.items():
+        path = write_dicom(make_sr(sources, prediction), f"sr-library-{name}")
+        assert_dciodvfy_clean(path)
+        names = _texts_and_names(hd.sr.srread(path))
+        assert names.count("Image Library") == 1, name
+        # CT has the geometry TID 1604 asks for; the others get the general descriptors.
+        assert ("Horizontal Pixel Spacing" in names) == (name == "ct"), name
+        assert "Pixel Data Rows" in names
 
 
 def _texts_and_names(ds: Dataset) -> list[str]:
