@@ -220,19 +220,18 @@ def launch_chromium(playwright: Any) -> Any:
 
 
 # What each Cornerstone viewport shows: the image id of its current image (WADO-RS URL
-# ending in /instances/<SOP Instance UID>/frames/<n>) and the lines of every SVG text drawn
-# over it (a text box has a <tspan> per line), with whether the text lies in the viewport.
+# ending in /instances/<SOP Instance UID>/frames/<n>) and every SVG text box drawn over
+# it, line by line (a <tspan> per line), each with whether it is wholly on screen within
+# the viewport: a label that runs off the viewport's edge cannot be read there.
 _VIEWPORTS_JS = """() => window.cornerstone.getEnabledElements().map(e => {
   const element = e.viewport.element;
   const box = element.getBoundingClientRect();
+  const within = r => r.width > 0 && r.left >= box.left - 0.5 && r.right <= box.right + 0.5
+    && r.top >= box.top - 0.5 && r.bottom <= box.bottom + 0.5;
   const texts = [...element.querySelectorAll('svg text')].map(t => {
-    const r = t.getBoundingClientRect();
-    const spans = [...t.querySelectorAll('tspan')].map(s => s.textContent);
-    return {
-      lines: spans.length ? spans : [t.textContent],
-      inside: r.width > 0 && r.right > box.left && r.left < box.right
-        && r.bottom > box.top && r.top < box.bottom,
-    };
+    const spans = [...t.querySelectorAll('tspan')];
+    const parts = spans.length ? spans : [t];
+    return parts.map(p => ({text: p.textContent, visible: within(p.getBoundingClientRect())}));
   });
   const id = e.viewport.getCurrentImageId ? e.viewport.getCurrentImageId() : null;
   return {viewportId: e.viewportId, imageId: id || '', texts};
@@ -240,11 +239,11 @@ _VIEWPORTS_JS = """() => window.cornerstone.getEnabledElements().map(e => {
 
 
 @dataclass(frozen=True)
-class DrawnText:
-    """One SVG text box OHIF drew over a viewport."""
+class DrawnLine:
+    """One line of an SVG text box OHIF drew over a viewport."""
 
-    lines: tuple[str, ...]
-    inside: bool  # on screen, within the viewport (not at NaN or off the image)
+    text: str
+    visible: bool  # wholly within the viewport (not clipped at its edge, not at NaN)
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,7 @@ class ViewportState:
 
     viewport_id: str
     image_id: str
-    texts: tuple[DrawnText, ...]
+    texts: tuple[tuple[DrawnLine, ...], ...]  # text boxes, line by line
 
     def shows(self, sop_instance_uid: str, frame: int = 1) -> bool:
         return self.image_id.endswith(f"/instances/{sop_instance_uid}/frames/{frame}")
@@ -273,7 +272,8 @@ class ViewerPage:
         self.page_errors: list[str] = []
         self.console_errors: list[str] = []
         self.outside_requests: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+        # A desktop screen: OHIF's side panels leave the viewport about 1550 x 950.
+        self.context = browser.new_context(viewport={"width": 1920, "height": 1080})
         self.context.route("**/*", self._only_local)
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
@@ -311,7 +311,10 @@ class ViewerPage:
             ViewportState(
                 v["viewportId"],
                 v["imageId"],
-                tuple(DrawnText(tuple(t["lines"]), bool(t["inside"])) for t in v["texts"]),
+                tuple(
+                    tuple(DrawnLine(str(line["text"]), bool(line["visible"])) for line in box)
+                    for box in v["texts"]
+                ),
             )
             for v in self.page.evaluate(_VIEWPORTS_JS)
         ]

@@ -6,21 +6,23 @@ back over DIMSE. The prebuilt OHIF 3 viewer (``scripts/setup.sh --test`` unpacks
 served on the same origin as Orthanc's DICOMweb (``tests/viewer/ohif.py``) and opened in
 headless Debian Chromium. The tests check what a radiologist sees:
 
-- loading the SR shows no error, and every probability the SR carries is drawn on the
-  source image, labelled with its class and its probability (OHIF 3.13 lists SR findings in
-  its measurements panel only for its own tool types, so the drawn SVG label is what there
-  is to check);
+- loading the SR shows no error, every measurement group places a probability on an
+  image (OHIF throws on a group without a SCOORD), and every probability placed on an
+  image is drawn over that image and frame, on screen, with a label line giving its class,
+  then its probability (OHIF 3.13 lists SR findings in its measurements panel only for its
+  own tool types, so the drawn SVG label is what there is to check);
 - the Secondary Capture has a thumbnail and its image renders.
 
 The radiograph is pydicom-data's CR chest RG1_UNCI without its Pixel Spacing of 0\\0
 (same UIDs): with a zero spacing OHIF draws the image black and every overlay at NaN.
-Screenshots go to ``test-artifacts/ohif/``.
+Screenshots (and the SR, for dsrdump) go to ``test-artifacts/ohif/``.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ import pydicom
 import pytest
 from PIL import Image, ImageStat
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dicom_node.config import load_settings
 from dicom_node.node import Node
@@ -46,8 +49,10 @@ from tests.test_results_e2e import (
     wait_until,
 )
 from tests.viewer.ohif import (
+    ARTIFACTS,
     CHROMIUM,
     OHIF_DIST,
+    DrawnLine,
     OhifServer,
     ViewerPage,
     ViewportState,
@@ -75,11 +80,13 @@ SECONDS_TO_DRAW = 30.0
 
 @dataclass(frozen=True)
 class Finding:
-    """One probability in the SR: what it is the probability of, and its value."""
+    """One probability the SR puts on an image: its class, its value, and where it is."""
 
     class_name: str
     probability: float
     group: str  # the measurement group's Tracking Identifier, for messages
+    sop_instance_uid: str  # the image its SCOORD is selected from
+    frame: int
 
     def __str__(self) -> str:
         return f"{self.class_name} {self.probability:.3f} (group {self.group!r})"
@@ -89,9 +96,9 @@ class Finding:
         named = re.search(rf"\b{re.escape(self.class_name)}\b", line, re.IGNORECASE)
         if not named:
             return False
-        for whole in re.finditer(r"\d+\.(\d+)", line[named.end() :]):
-            decimals = len(whole.group(1))
-            if decimals >= 2 and abs(float(whole.group(0)) - self.probability) <= (
+        for number in re.finditer(r"\d+\.(\d+)", line[named.end() :]):
+            decimals = len(number.group(1))
+            if decimals >= 2 and abs(float(number.group(0)) - self.probability) <= (
                 0.5 * 10**-decimals + 1e-9
             ):
                 return True
@@ -115,12 +122,33 @@ def _code(item: Dataset, attribute: str = "ConceptNameCodeSequence") -> tuple[st
     return (str(code.CodeValue), str(code.CodingSchemeDesignator)) if code else ("", "")
 
 
-def probability_findings(sr: Dataset) -> list[Finding]:
-    """Every probability (NUM in UCUM "1") in the SR's measurement groups, with its class.
+def _selected_from(scoord: Dataset | None) -> tuple[str, int] | None:
+    """The image and frame (1 when not given) a SCOORD is SELECTED FROM."""
+    for child in scoord.get("ContentSequence", []) if scoord is not None else []:
+        if child.ValueType == "IMAGE":
+            reference = child.ReferencedSOPSequence[0]
+            frames = reference.get("ReferencedFrameNumber")
+            if isinstance(frames, MultiValue):
+                frames = frames[0]
+            return str(reference.ReferencedSOPInstanceUID), int(frames or 1)
+    return None
 
-    The class is the NUM's "Finding" concept modifier, or else the group's "Finding".
+
+def _scoord(items: Any) -> Dataset | None:
+    return next((i for i in items if i.ValueType == "SCOORD"), None)
+
+
+def placed_findings(sr: Dataset) -> tuple[list[Finding], list[str]]:
+    """The probabilities the SR places on an image, and the groups that place none.
+
+    A probability is a NUM in UCUM "1" in a TID 1501 measurement group. It has a place
+    when it is INFERRED FROM a SCOORD, or when its group is a region (TID 1410: a SCOORD
+    in the group itself); a viewer can draw only those. Its class is its "Finding"
+    concept modifier, or else its group's "Finding". Probabilities without a place (the
+    other classes of a series-level result) are the SR's business, not the viewer's.
     """
     findings: list[Finding] = []
+    unplaced: list[str] = []
     for container in sr.get("ContentSequence", []):
         if _code(container) != IMAGING_MEASUREMENTS:
             continue
@@ -134,41 +162,54 @@ def probability_findings(sr: Dataset) -> list[Finding]:
             group_finding = next(
                 (i.ConceptCodeSequence[0].CodeMeaning for i in items if _code(i) == FINDING), None
             )
+            group_place = _selected_from(_scoord(items))
+            placed = 0
             for item in items:
                 if item.ValueType != "NUM" or not item.get("MeasuredValueSequence"):
                     continue
                 value = item.MeasuredValueSequence[0]
                 if _code(value, "MeasurementUnitsCodeSequence") != ("1", "UCUM"):
                     continue
+                modifiers = list(item.get("ContentSequence", []))
+                place = _selected_from(_scoord(modifiers)) or group_place
+                if place is None:
+                    continue
                 about = next(
                     (
                         m.ConceptCodeSequence[0].CodeMeaning
-                        for m in item.get("ContentSequence", [])
+                        for m in modifiers
                         if _code(m) == FINDING and m.ValueType == "CODE"
                     ),
                     group_finding,
                 )
                 assert about, f"no class named for probability {value.NumericValue} in {tracking}"
-                findings.append(Finding(str(about), float(value.NumericValue), tracking))
-    return findings
+                findings.append(Finding(str(about), float(value.NumericValue), tracking, *place))
+                placed += 1
+            if not placed:
+                unplaced.append(tracking)
+    return findings, unplaced
 
 
-def drawn_on(states: list[ViewportState], source: Dataset, finding: Finding) -> bool:
-    """Whether a viewport showing the source image has the finding's label on screen."""
+def drawn_on_its_image(states: list[ViewportState], finding: Finding) -> bool:
+    """Whether a viewport showing the finding's image has its label line wholly on screen."""
     return any(
-        state.shows(str(source.SOPInstanceUID))
+        state.shows(finding.sop_instance_uid, finding.frame)
         and any(
-            text.inside and any(finding.labelled_by(line) for line in text.lines)
-            for text in state.texts
+            line.visible and finding.labelled_by(line.text) for box in state.texts for line in box
         )
         for state in states
     )
 
 
 def describe(states: list[ViewportState]) -> str:
+    """What the viewports show, for failure messages."""
+
+    def shown(line: DrawnLine) -> str:
+        return line.text if line.visible else f"{line.text} (cut off)"
+
     return "; ".join(
         f"{s.viewport_id} shows {s.image_id.rsplit('/instances/', 1)[-1] or 'nothing'}, "
-        f"labels {[list(t.lines) for t in s.texts]}"
+        f"labels {[[shown(line) for line in box] for box in s.texts]}"
         for s in states
     )
 
@@ -223,7 +264,10 @@ def viewer(tmp_path_factory: pytest.TempPathFactory, chest_model: Any) -> Iterat
             node.stop()
         results = results_in(pacs, study_uid)
         assert len(results.get("SR", [])) == 1 and len(results.get("OT", [])) == 1, results
-        sr = pydicom.dcmread(download(pacs, results["SR"][0]["OrthancId"], folder))
+        sr_path = download(pacs, results["SR"][0]["OrthancId"], folder)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sr_path, ARTIFACTS / "sr.dcm")
+        sr = pydicom.dcmread(sr_path)
         sc = pydicom.dcmread(download(pacs, results["OT"][0]["OrthancId"], folder))
         server = OhifServer(OHIF_DIST, pacs).start()
         playwright = sync_api.sync_playwright().start()
@@ -249,8 +293,11 @@ def page(viewer: Viewer) -> Iterator[ViewerPage]:
 def test_sr_findings_are_drawn_on_the_source_image_with_class_and_probability(
     viewer: Viewer, page: ViewerPage
 ) -> None:
-    findings = probability_findings(viewer.sr)
-    assert findings, "the SR carries no probability"
+    findings, unplaced = placed_findings(viewer.sr)
+    assert findings, "the SR places no probability on an image"
+    assert unplaced == [], f"measurement groups with no probability on an image: {unplaced}"
+    source_uid = str(viewer.source.SOPInstanceUID)
+    assert {(f.sop_instance_uid, f.frame) for f in findings} == {(source_uid, 1)}
     page.open_study(viewer.study_uid)
     page.thumbnail(int(viewer.sr.SeriesNumber), image=False).dblclick()
 
@@ -259,16 +306,16 @@ def test_sr_findings_are_drawn_on_the_source_image_with_class_and_probability(
     states = page.viewports()
     while time.monotonic() < deadline and not page.error_toasts():
         states = page.viewports()
-        if all(drawn_on(states, viewer.source, f) for f in findings):
+        if all(drawn_on_its_image(states, f) for f in findings):
             break
         time.sleep(0.25)
     page.screenshot("01-sr-findings.png")
 
     problems = page.problems()
-    missing = [str(f) for f in findings if not drawn_on(states, viewer.source, f)]
+    missing = [str(f) for f in findings if not drawn_on_its_image(states, f)]
     assert problems == [] and missing == [], (
-        f"errors: {problems}; not drawn on the source image {viewer.source.SOPInstanceUID} "
-        f"with class and probability: {missing}; the viewer shows: {describe(states)}"
+        f"errors: {problems}; not drawn on the source image {source_uid} with class and "
+        f"probability: {missing}; the viewer shows: {describe(states)}"
     )
 
 
