@@ -1,9 +1,12 @@
-"""The heatmap picture of the admin page: the overlay at display size, as PNG.
+"""The heatmap picture of the admin page: the labelled picture at display size, as PNG.
 
-The runtime's overlay has the source image's full size (1955 x 1841 for a chest CR), which the
-Secondary Capture keeps: a radiologist may zoom into it in the PACS viewer. The admin page shows
-the picture in a box a few hundred pixels wide, so encoding every source pixel as PNG only
-cost time on the way to the PACS (0.8-1.6 s for a CR, ten times the model call).
+The admin page shows the same picture as the Secondary Capture
+(``dicom_node.results.picture.labelled_heatmap``: class explained, result, colour scale,
+caveats). The Secondary Capture keeps the source image's full size (1955 x 1841 for a chest
+CR): a radiologist may zoom into it in the PACS viewer. The admin page shows the picture in a
+box a few hundred pixels wide, so it is scaled down to a longest side of
+:data:`DISPLAY_MAX_SIDE`, aspect kept; encoding every source pixel as PNG only cost time on
+the way to the PACS (0.8-1.6 s for a CR, ten times the model call).
 """
 
 from __future__ import annotations

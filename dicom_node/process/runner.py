@@ -214,6 +214,9 @@ class JobRunner:
                 for s in prediction.slices
             ]
             result.timings = {k: round(v, 4) for k, v in timings.items()}
+            # Outside the intended use: stored and sent all the same, flagged everywhere.
+            result.out_of_scope = bool(prediction.out_of_scope)
+            result.scope_reasons = list(prediction.out_of_scope)
             result.objects = [
                 {"kind": kind, "sop_instance_uid": uid, "sop_class_uid": cls, "path": str(p)}
                 for kind, uid, cls, p in objects
@@ -230,6 +233,7 @@ class JobRunner:
                 version=prediction.model.version,
                 predicted_class=prediction.predicted_class,
                 probability=prediction.positive_probability,
+                out_of_scope=bool(prediction.out_of_scope),
             )
             for dest in ctx.route.destinations:
                 for kind, uid, cls, path in objects:
@@ -340,16 +344,18 @@ class JobRunner:
     def _store_heatmap(
         self, ctx: JobContext, model_id: str, prediction: SeriesPrediction
     ) -> Path | None:
-        """Write the admin page's picture of the key heatmap, at display size (see
-        ``dicom_node.process.heatmap``); the Secondary Capture keeps the full size."""
+        """Write the admin page's picture of the key heatmap: the Secondary Capture's
+        labelled picture at display size (see ``dicom_node.process.heatmap``)."""
         if not prediction.heatmaps:
             return None
+        from dicom_node.results.picture import labelled_heatmap
+
         path = (
             self.settings.results_dir
             / "heatmaps"
             / f"{ctx.series_uid}_{model_id}_g{ctx.generation}.png"
         )
-        write_atomic(path, display_png(prediction.heatmaps[0].overlay))
+        write_atomic(path, display_png(labelled_heatmap(prediction, prediction.heatmaps[0])))
         return path
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy import (
     Enum as SAEnum,
@@ -205,6 +206,10 @@ class Result(Base):
     # result objects: [{"kind": "sr", "sop_instance_uid": ..., "path": ...}, ...]
     objects: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Outside the model's stated intended use (migration 0005): the result is still stored
+    # and sent, flagged; the reasons as shown to people.
+    out_of_scope: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    scope_reasons: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
     job: Mapped[Job] = relationship(back_populates="results")
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Delivery, Event, Instance, Job, Result, Series, Study
 from dicom_node.web import render
-from dicom_node.web.queries import POSITIVE_THRESHOLD
+from dicom_node.web.queries import POSITIVE_THRESHOLD, class_probability
 from dicom_node.web.schemas import (
     DeliveryInfo,
     EventInfo,
@@ -21,6 +21,7 @@ from dicom_node.web.schemas import (
     SliceScore,
     StudyDetail,
 )
+from dicom_node.wording import call_text
 
 # A 2,000-slice CT has 2,000 instance.received events; consecutive events of one kind are
 # collapsed into one row, and at most this many rows are read.
@@ -83,6 +84,7 @@ def result_info(row: Result, *, with_sr: bool) -> ResultInfo:
     sr, sr_error = render.read_sr(objects) if with_sr else (None, "")
     probabilities = dict(sorted(_numbers(row.probabilities).items(), key=lambda kv: -kv[1]))
     prob = row.positive_probability
+    own = class_probability(probabilities, row.predicted_class)
     return ResultInfo(
         id=row.id,
         model_id=row.model_id,
@@ -91,6 +93,10 @@ def result_info(row: Result, *, with_sr: bool) -> ResultInfo:
         positive_probability=prob,
         positive=None if prob is None else prob >= POSITIVE_THRESHOLD,
         probabilities=probabilities,
+        class_probability=own,
+        text=call_text(row.predicted_class, own),
+        out_of_scope=bool(row.out_of_scope),
+        scope_reasons=[str(r) for r in row.scope_reasons or []],
         slice_scores=_slice_scores(row.slice_scores),
         timings=_numbers(row.timings),
         objects=[

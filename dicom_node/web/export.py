@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.web.filters import StudyFilter
 from dicom_node.web.queries import page_studies, summarise
 from dicom_node.web.schemas import StudyRow
+from dicom_node.wording import OUT_OF_SCOPE, out_of_scope_text
 
 CHUNK = 500
 CSV_COLUMNS = [
@@ -73,8 +74,8 @@ def csv_lines(
     yield _csv_line(CSV_COLUMNS)
     for row in _rows(sessions, filt, sort, direction):
         models = "; ".join(
-            f"{m.model_id} {m.model_version}: {m.predicted_class}"
-            + ("" if m.probability is None else f" ({m.probability:.4f})")
+            f"{m.model_id} {m.model_version}: {m.text or m.predicted_class}"
+            + (f" [{out_of_scope_text(m.scope_reasons) or OUT_OF_SCOPE}]" if m.out_of_scope else "")
             for m in row.models
         )
         yield _csv_line(

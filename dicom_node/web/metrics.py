@@ -20,7 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import Delivery, Instance, Job, Result, Series, Study
@@ -113,6 +113,7 @@ class NodeCollector(Collector):
             yield from self._stored(session)
             yield from self._jobs(session)
             yield from self._latency(session)
+            yield from self._results(session)
             yield from self._deliveries(session)
         yield from self._node()
 
@@ -154,6 +155,32 @@ class NodeCollector(Collector):
     def _latency(self, session: Session) -> Iterator[Metric]:
         self.latency.update(session)
         yield self.latency.family()
+
+    def _results(self, session: Session) -> Iterator[Metric]:
+        """Results per model, and how many were outside the model's intended use.
+
+        A rising share of out-of-scope results means studies reach a model they were
+        not meant for (a routing rule too wide, an adult ward sending to a pediatric
+        model): the results are flagged, but someone should look at the routes.
+        """
+        rows = session.execute(
+            select(
+                Result.model_id,
+                func.count(),
+                func.sum(case((Result.out_of_scope, 1), else_=0)),
+            ).group_by(Result.model_id)
+        ).all()
+        total = GaugeMetricFamily("dicom_node_results", "Stored model results", labels=["model"])
+        outside = GaugeMetricFamily(
+            "dicom_node_results_out_of_scope",
+            "Stored model results flagged outside the model's stated intended use",
+            labels=["model"],
+        )
+        for model_id, count, flagged in sorted(rows):
+            total.add_metric([model_id], count)
+            outside.add_metric([model_id], int(flagged or 0))
+        yield total
+        yield outside
 
     def _deliveries(self, session: Session) -> Iterator[Metric]:
         g = GaugeMetricFamily(

@@ -24,6 +24,7 @@ from dicom_node.store.db import Delivery, Job, Result, Series, Study
 from dicom_node.store.states import SeriesState
 from dicom_node.web.filters import StudyFilter
 from dicom_node.web.schemas import Level, ModelCall, Step, StudyPage, StudyRow, StudySteps
+from dicom_node.wording import call_text
 
 POSITIVE_THRESHOLD = 0.5
 SORT_COLUMNS: dict[str, Any] = {
@@ -171,6 +172,17 @@ def list_studies(
 # -- phase two: what happened to the studies of one page ------------------------------------
 
 
+def class_probability(probabilities: Any, label: str) -> float | None:
+    """The stored probability of class ``label``, None when the row has none.
+
+    The list and the detail page show a result as the class, then the probability of
+    that class (``dicom_node.wording``), never the positive probability next to a
+    negative class.
+    """
+    value = probabilities.get(label) if isinstance(probabilities, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 @dataclass
 class _SeriesFacts:
     series: Series
@@ -208,12 +220,16 @@ def _load_series(session: Session, study_ids: Sequence[int]) -> dict[int, list[_
                 Result.model_version,
                 Result.predicted_class,
                 Result.positive_probability,
+                Result.probabilities,
+                Result.out_of_scope,
+                Result.scope_reasons,
             )
             .where(Result.job_id.in_(job_series))
             .order_by(Result.model_id)
         )
-        for rid, job_id, model_id, version, cls, prob in rows:
+        for rid, job_id, model_id, version, cls, prob, probs, outside, reasons in rows:
             facts = job_series[job_id]
+            own = class_probability(probs, cls)
             facts.results.setdefault(job_id, []).append(
                 ModelCall(
                     result_id=rid,
@@ -223,6 +239,10 @@ def _load_series(session: Session, study_ids: Sequence[int]) -> dict[int, list[_
                     predicted_class=cls,
                     probability=prob,
                     positive=None if prob is None else prob >= POSITIVE_THRESHOLD,
+                    class_probability=own,
+                    text=call_text(cls, own),
+                    out_of_scope=bool(outside),
+                    scope_reasons=[str(r) for r in reasons or []],
                 )
             )
     return by_study

@@ -49,6 +49,18 @@ class ModelCall(BaseModel):
     predicted_class: str
     probability: float | None = Field(description="probability of the positive class(es)")
     positive: bool | None = Field(description="probability >= 0.5; None without a probability")
+    class_probability: float | None = Field(
+        default=None, description="probability of the predicted class"
+    )
+    text: str = Field(
+        default="",
+        description="the result as shown to people: class, then its probability, "
+        "e.g. 'NORMAL P(NORMAL) = 0.95'",
+    )
+    out_of_scope: bool = Field(
+        default=False, description="the series is outside the model's stated intended use"
+    )
+    scope_reasons: list[str] = Field(default_factory=list, description="why it is outside")
 
 
 class StudyRow(BaseModel):
@@ -137,6 +149,10 @@ class ResultInfo(BaseModel):
     positive_probability: float | None
     positive: bool | None
     probabilities: dict[str, float]
+    class_probability: float | None = None
+    text: str = ""
+    out_of_scope: bool = False
+    scope_reasons: list[str] = Field(default_factory=list)
     slice_scores: list[SliceScore]
     timings: dict[str, float]
     objects: list[ResultObject]

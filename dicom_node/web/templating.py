@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from dicom_node.web import csrf
 from dicom_node.web.render import slice_plot_svg
+from dicom_node.wording import OUT_OF_SCOPE, probability_value
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 FLASH_KEY = "flash"
@@ -37,7 +38,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _prob(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    # The one probability format (dicom_node.wording): two decimals, as OHIF shows them.
+    return "-" if value is None else probability_value(value)
 
 
 def _prob_level(value: float | None) -> str:
@@ -75,6 +77,7 @@ def make_templates() -> Jinja2Templates:
     env.filters["prob_level"] = _prob_level
     env.filters["pname"] = _dicom_name
     env.globals["slice_plot"] = slice_plot_svg
+    env.globals["OUT_OF_SCOPE"] = OUT_OF_SCOPE
     return templates
 
 

@@ -7,12 +7,15 @@ model whose answer the test chooses.
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -20,9 +23,11 @@ from sqlalchemy import select
 
 from dicom_node.config import Settings
 from dicom_node.process import queue
+from dicom_node.process.heatmap import display_png
 from dicom_node.process.runner import JobRunner
 from dicom_node.receive.index import index_instance
 from dicom_node.receive.meta import meta_from_dataset
+from dicom_node.results.picture import labelled_heatmap
 from dicom_node.route.completion import complete_due_series
 from dicom_node.store.db import Delivery, Event, Job, Result, create_engine, session_factory
 from dicom_node.store.states import DeliveryState, EventKind, JobState
@@ -37,9 +42,11 @@ MODEL_ID = "chest-xray-pneumonia"
 class FakeModel:
     """Answers PNEUMONIA 0.8 with a heatmap on the first image, or raises."""
 
-    def __init__(self, fail: str = "") -> None:
+    def __init__(self, fail: str = "", out_of_scope: tuple[str, ...] = ()) -> None:
         self.fail = fail
+        self.out_of_scope = out_of_scope
         self.calls = 0
+        self.last: SeriesPrediction | None = None
 
     def predict_series(
         self, datasets: Sequence[Dataset], *, key_slices: int = 1, explain: bool = True
@@ -48,7 +55,7 @@ class FakeModel:
         if self.fail:
             raise RuntimeError(self.fail)
         probabilities = {"NORMAL": 0.2, "PNEUMONIA": 0.8}
-        return SeriesPrediction(
+        self.last = SeriesPrediction(
             model=PNEUMONIA_MODEL,
             predicted_class="PNEUMONIA",
             probabilities=probabilities,
@@ -59,7 +66,9 @@ class FakeModel:
             heatmaps=(make_heatmap(datasets[0]),),
             timings={"infer": 0.01},
             finding_present=True,
+            out_of_scope=self.out_of_scope,
         )
+        return self.last
 
 
 class FakeProvider:
@@ -128,6 +137,7 @@ def test_runner_stores_result_objects_and_queues_deliveries(
         result = session.scalars(select(Result).where(Result.job_id == job_id)).one()
         assert result.predicted_class == "PNEUMONIA"
         assert result.positive_probability == pytest.approx(0.8)
+        assert not result.out_of_scope and result.scope_reasons == []
         kinds = sorted(o["kind"].split(":")[0] for o in result.objects)
         assert kinds == ["sc", "sr"]
         for obj in result.objects:
@@ -195,3 +205,42 @@ def test_queue_claims_once_requeues_and_reruns(queued_job: tuple[Settings, Any, 
         assert job is not None and job.state is JobState.QUEUED and job.generation == 1
     with pytest.raises(queue.QueueError, match="unknown series"):
         queue.rerun_series(sessions, "1.2.3.999", reason="test")
+
+
+def test_runner_flags_a_series_outside_the_intended_use(
+    queued_job: tuple[Settings, Any, int],
+) -> None:
+    """The result is stored and sent all the same, flagged in the row, the event, the SR
+    and the SC; the page's picture is the SC's labelled picture at display size."""
+    settings, sessions, job_id = queued_job
+    reason = "patient age 64 years, intended 0-17 years"
+    model = FakeModel(out_of_scope=(reason,))
+    JobRunner(settings, sessions, FakeProvider(model)).run(job_id)
+
+    with sessions() as session:
+        result = session.scalars(select(Result).where(Result.job_id == job_id)).one()
+        assert result.out_of_scope and result.scope_reasons == [reason]
+        detail = session.scalars(
+            select(Event.detail).where(Event.job_id == job_id, Event.kind == EventKind.MODEL_RESULT)
+        ).one()
+        assert detail["out_of_scope"] is True
+        assert len(session.scalars(select(Delivery)).all()) == len(result.objects) == 2
+        objects = {o["kind"].split(":")[0]: dcmread(o["path"]) for o in result.objects}
+        heatmap_path = Path(result.heatmap_path)
+    assert objects["sc"].ImageComments.startswith(f"OUTSIDE INTENDED USE: {reason}")
+    assert f"OUTSIDE INTENDED USE: {reason}" in _sr_texts(objects["sr"])
+    assert model.last is not None
+    expected = display_png(labelled_heatmap(model.last, model.last.heatmaps[0]))
+    with Image.open(heatmap_path) as stored, Image.open(io.BytesIO(expected)) as wanted:
+        assert stored.size == wanted.size
+        assert np.array_equal(np.asarray(stored), np.asarray(wanted))
+        columns, rows = stored.size
+    # The band above the picture: taller than the source's aspect (1955 x 1841) alone.
+    assert rows / columns > 1955 / 1841
+
+
+def _sr_texts(ds: Dataset) -> list[str]:
+    found = [str(ds.TextValue)] if "TextValue" in ds else []
+    for item in ds.get("ContentSequence", []):
+        found.extend(_sr_texts(item))
+    return found

@@ -1,5 +1,5 @@
-"""Migrations 0003 and 0004 upgrade an existing database; the database refuses unknown
-states."""
+"""Migrations 0003, 0004 and 0005 upgrade an existing database; the database refuses
+unknown states."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dicom_node.store import users
 from dicom_node.store.db import (
     Delivery,
     Job,
+    Result,
     Series,
     User,
     create_engine,
@@ -164,4 +165,48 @@ def test_0004_adds_session_epoch_to_existing_users(database_url: str) -> None:
     upgrade(engine)
     with sessions() as session:
         assert session.scalars(select(User)).one().session_epoch == 0
+    engine.dispose()
+
+
+def test_0005_adds_the_scope_flag_to_existing_results(database_url: str) -> None:
+    """Results of a 0004 database were not checked: they come out in scope, without reasons;
+    new rows keep their flag and reasons; the downgrade drops both columns, not the rows."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0004")
+    _fill_at_0002(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO result (job_id, model_id, model_version, predicted_class,"
+                " probabilities, slice_scores, timings, heatmap_path, objects, created_at)"
+                " VALUES (1, 'm', '1', 'NORMAL', '{}', '[]', '{}', '', '[]', :t)"
+            ),
+            {"t": NOW},
+        )
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        old = session.scalars(select(Result).where(Result.model_id == "m")).one()
+        assert (old.out_of_scope, old.scope_reasons) == (False, [])
+        session.add(
+            Result(
+                job_id=1,
+                model_id="n",
+                model_version="1",
+                out_of_scope=True,
+                scope_reasons=["patient age 64 years, intended 0-17 years"],
+            )
+        )
+        session.commit()
+    with sessions() as session:
+        new = session.scalars(select(Result).where(Result.model_id == "n")).one()
+        assert new.out_of_scope and new.scope_reasons == [
+            "patient age 64 years, intended 0-17 years"
+        ]
+    downgrade(engine, "0004")
+    columns = {c["name"] for c in inspect(engine).get_columns("result")}
+    assert "out_of_scope" not in columns and "scope_reasons" not in columns
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM result")).scalar_one() == 2
+    upgrade(engine)
     engine.dispose()

@@ -505,6 +505,9 @@ def populate(sessions: sessionmaker[Session], results_dir: Path) -> FixtureData:
             ],
             timings={"total": 0.42, "infer": 0.07},
             heatmap_path=str(heatmap),
+            # An adult's film sent to the pediatric chest model: flagged, still shown.
+            out_of_scope=True,
+            scope_reasons=["patient age 64 years, intended 0-17 years"],
             objects=[
                 {
                     "kind": "sr:comprehensive3d",

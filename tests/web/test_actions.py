@@ -91,7 +91,7 @@ def test_rerun_study(admin: TestClient, data: FixtureData, sessions: sessionmake
     page = admin.get(f"/studies/{study}").text
     assert f"Queued job(s) {jobs[1].id}." in page
     # the old results stay visible while the new job is queued
-    assert "PNEUMONIA 0.910" in admin.get("/studies").text
+    assert "PNEUMONIA P(PNEUMONIA) = 0.91" in admin.get("/studies").text
     [entry] = _audit(sessions, "rerun_study")
     assert entry.target == study and entry.success and entry.detail["jobs"] == [jobs[1].id]
 
@@ -150,7 +150,10 @@ def test_export_csv_follows_filter(
     assert "attachment" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert [r["patient_id"] for r in rows] == ["PID001", "PID005"]
-    assert rows[0]["models"] == "chest-xray-pneumonia 0.3.0: PNEUMONIA (0.9100)"
+    assert rows[0]["models"] == (
+        "chest-xray-pneumonia 0.3.0: PNEUMONIA P(PNEUMONIA) = 0.91"
+        " [OUTSIDE INTENDED USE: patient age 64 years, intended 0-17 years]"
+    )
     assert rows[0]["delivery"] == "1 failed, 1 pending, 1 done"
     assert rows[1]["job"] == "failed"
     # a formula-like name cannot run in a spreadsheet

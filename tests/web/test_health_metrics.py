@@ -272,6 +272,11 @@ def test_metrics(client: TestClient, data: FixtureData) -> None:
     assert samples[("dicom_node_inference_seconds_bucket", (("le", "2.5"), *model))] == 0
     assert samples[("dicom_node_inference_seconds_bucket", (("le", "5.0"), *model))] == 1
     assert samples[("dicom_node_scp_listening", ())] == 1
+    chest = (("model", "chest-xray-pneumonia"),)
+    assert samples[("dicom_node_results", chest)] == 1
+    assert samples[("dicom_node_results_out_of_scope", chest)] == 1  # the adult's film
+    assert samples[("dicom_node_results_out_of_scope", model)] == 0
+    assert samples[("dicom_node_results", model)] == 1
 
 
 def test_metrics_need_token_off_loopback(

@@ -70,8 +70,21 @@ def test_studies_list_shows_every_step(admin: TestClient, data: FixtureData) -> 
     assert "5 found" in page
     for text in ["PID001", "DOE, JANE", "ACC002", "PACS_B", "CHEST", "chest-xray-pneumonia"]:
         assert text in page
-    # positive result colour-coded, failed delivery and failed job flagged
-    assert re.search(r'class="model prob-high"[^>]*>chest-xray-pneumonia: PNEUMONIA 0.910', page)
+    # positive result colour-coded, the class then P(class), failed delivery and failed job
+    # flagged, the adult's film flagged outside the chest model's intended use
+    assert re.search(
+        r'class="model prob-high"[^>]*>chest-xray-pneumonia: PNEUMONIA P\(PNEUMONIA\) = 0.91<',
+        page,
+    )
+    assert re.search(
+        r'<span class="out-of-scope" title="patient age 64 years, intended 0-17 years">'
+        r"OUTSIDE INTENDED USE</span>",
+        page,
+    )
+    assert page.count('class="out-of-scope"') == 1
+    # glioma is predicted with P(glioma) 0.60; 0.72 is P(tumour), coloured, never printed
+    # next to the class
+    assert "brain-mri-tumor: glioma P(glioma) = 0.60<" in page and "0.72" not in page
     assert "1 failed, 1 pending, 1 done" in page
     assert 'class="step step-fail" title="failed">failed' in page
     # the MR study is fully delivered: latency from its last instance (3 s per delivery)
@@ -151,7 +164,12 @@ def test_study_detail(
     study = data.studies["chest"]
     page = admin.get(f"/studies/{study}").text
     # probabilities, Grad-CAM image from the authenticated endpoint, PDF link
-    assert "PNEUMONIA" in page and "0.9100" in page and "0.0900" in page
+    assert "PNEUMONIA P(PNEUMONIA) = 0.91" in page
+    assert '<td class="num">0.91</td>' in page and '<td class="num">0.09</td>' in page
+    assert (
+        '<p class="out-of-scope">OUTSIDE INTENDED USE: patient age 64 years, intended 0-17 years.'
+        in page
+    )
     assert f'src="/studies/{study}/results/{data.results["chest"]}/gradcam.png"' in page
     assert f"/studies/{study}/results/{data.results['chest']}/report.pdf" in page
     # SR content tree, read from the SR file
@@ -164,6 +182,8 @@ def test_study_detail(
     assert "10.0.0.7" in page  # where the instances came from
     views = _audit(sessions, "view_study")
     assert [(v.username, v.target) for v in views] == [("alice", study)]
+    brain = admin.get(f"/studies/{data.studies['brain']}").text
+    assert "glioma P(glioma) = 0.60" in brain and "OUTSIDE INTENDED USE" not in brain
 
 
 def test_multi_slice_plot_and_sc_gradcam(admin: TestClient, data: FixtureData) -> None:
