@@ -223,7 +223,7 @@ def launch_chromium(playwright: Any) -> Any:
 # ending in /instances/<SOP Instance UID>/frames/<n>) and every SVG text box drawn over
 # it, line by line (a <tspan> per line), each with whether it is wholly on screen within
 # the viewport: a label that runs off the viewport's edge cannot be read there.
-_VIEWPORTS_JS = """() => window.cornerstone.getEnabledElements().map(e => {
+_VIEWPORTS_JS = """() => (window.cornerstone?.getEnabledElements() ?? []).map(e => {
   const element = e.viewport.element;
   const box = element.getBoundingClientRect();
   const within = r => r.width > 0 && r.left >= box.left - 0.5 && r.right <= box.right + 0.5
@@ -299,6 +299,18 @@ class ViewerPage:
         self.page.goto(f"{self.server.url}/viewer?StudyInstanceUIDs={study_uid}")
         self.page.locator('[data-cy="viewport-overlay-bottom-left"]:has-text("W:")').first.wait_for(
             timeout=60_000
+        )
+
+    def open_series(self, study_uid: str, series_uid: str) -> None:
+        """The viewer on a study with one series in the viewport, as a worklist link does.
+
+        For an SR, OHIF's SR viewport shows the images it references with its regions
+        drawn over them. (Double-clicking the SR's thumbnail does the same, but OHIF 3.13.2
+        then often leaves the regions undrawn until the next render, whatever the SR.)
+        """
+        self.page.goto(
+            f"{self.server.url}/viewer?StudyInstanceUIDs={study_uid}"
+            f"&initialSeriesInstanceUID={series_uid}"
         )
 
     def thumbnail(self, series_number: int, *, image: bool = True) -> Any:
