@@ -232,10 +232,14 @@ def expected_scs(ds: Dataset) -> int:
 
 
 def predicted_code(path: Path) -> str:
-    """Code value of the SR's "Predicted class" evaluation."""
+    """Code value of the SR's "Predicted class" evaluation (in the series-level group; the
+    image-level findings of the key slices do not repeat it)."""
     report = cast(hd.sr.MeasurementReport, hd.sr.srread(path).content)
-    (group,) = report.get_image_measurement_groups()
-    (item,) = group.get_qualitative_evaluations(name=PREDICTED_CLASS)
+    (item,) = [
+        evaluation
+        for group in report.get_image_measurement_groups()
+        for evaluation in group.get_qualitative_evaluations(name=PREDICTED_CLASS)
+    ]
     return str(item.value.value)
 
 

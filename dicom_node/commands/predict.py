@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -21,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import Settings
 from dicom_node.dispatch.sender import iter_files
+from dicom_node.wording import call_text, out_of_scope_text, probability_value
 from inference.pixels import read_picture
 from inference.types import SeriesPrediction
 
@@ -29,29 +31,50 @@ PICTURES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def _print_prediction(label: str, prediction: SeriesPrediction) -> None:
-    probs = ", ".join(f"{k} {v:.3f}" for k, v in prediction.probabilities.items())
-    positive = (
-        f"; P(finding) {prediction.positive_probability:.3f}"
-        if prediction.positive_probability is not None
-        else ""
+    """One line per model: the class, then P(class) (``dicom_node.wording``), then the
+    other classes' probabilities; the intended-use notice on its own line."""
+    predicted = prediction.predicted_class
+    others = ", ".join(
+        f"P({k}) = {probability_value(v)}"
+        for k, v in prediction.probabilities.items()
+        if k != predicted
     )
     timing = prediction.timings.get("total", 0.0) * 1000
     print(
         f"{label}: {prediction.model.id} {prediction.model.version} -> "
-        f"{prediction.predicted_class} ({probs}{positive}) in {timing:.0f} ms"
+        f"{call_text(predicted, prediction.probabilities[predicted])}"
+        f"{'; ' + others if others else ''} in {timing:.0f} ms"
     )
+    if prediction.out_of_scope:
+        print(f"  {out_of_scope_text(prediction.out_of_scope)}")
     if len(prediction.slices) > 1:
         top = sorted(prediction.slices, key=lambda s: -s.positive_score)[:3]
-        scores = ", ".join(f"{s.sop_instance_uid[-12:]}:{s.positive_score:.3f}" for s in top)
+        scores = ", ".join(
+            f"{s.sop_instance_uid[-12:]}:{probability_value(s.positive_score)}" for s in top
+        )
         print(f"  {len(prediction.slices)} images; most positive: {scores}")
 
 
-def _save_heatmap(prediction: SeriesPrediction, path: Path) -> None:
+def heatmap_picture(prediction: SeriesPrediction) -> npt.NDArray[np.uint8] | None:
+    """The labelled picture of the key heatmap: exactly the Secondary Capture's pixels
+    (``dicom_node.results.picture``), or None without a heatmap."""
     if not prediction.heatmaps:
+        return None
+    from dicom_node.results.picture import labelled_heatmap
+
+    return labelled_heatmap(prediction, prediction.heatmaps[0])
+
+
+def save_heatmap(prediction: SeriesPrediction, path: Path) -> None:
+    """Write :func:`heatmap_picture` as PNG at full size (lossless: the SC's pixels)."""
+    picture = heatmap_picture(prediction)
+    if picture is None:
         print("  (no heatmap: the model has none, or explain is off)")
         return
-    Image.fromarray(np.ascontiguousarray(prediction.heatmaps[0].overlay)).save(path)
-    print(f"  heatmap written to {path}")
+    from dicom_node.results.picture import title
+
+    Image.fromarray(picture).save(path, format="PNG")
+    print(f"  heatmap ({title(prediction, prediction.heatmaps[0])}) written to {path}")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,7 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             _print_prediction(label, prediction)
             if args.heatmap:
-                _save_heatmap(prediction, Path(args.heatmap))
+                save_heatmap(prediction, Path(args.heatmap))
     for picture in pictures:
         if not args.model:
             print(f"{picture}: skipped, pictures need --model (they carry no tags to route by)")
@@ -108,7 +131,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         prediction = models.get(args.model).predict_image(image, explain=bool(args.heatmap))
         _print_prediction(str(picture), prediction)
         if args.heatmap:
-            _save_heatmap(prediction, Path(args.heatmap))
+            save_heatmap(prediction, Path(args.heatmap))
     if not series and not pictures:
         print("no DICOM files or pictures found")
         return 1
@@ -119,5 +142,9 @@ def register(sub: Any) -> dict[str, Handler]:
     parser = sub.add_parser("predict", help="run route and model on files offline")
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER")
     parser.add_argument("--model", help="model id (default: the configured routes decide)")
-    parser.add_argument("--heatmap", metavar="OUT.png", help="write the first heatmap here")
+    parser.add_argument(
+        "--heatmap",
+        metavar="OUT.png",
+        help="write the key heatmap here, labelled exactly as the Secondary Capture shows it",
+    )
     return {"predict": run}

@@ -50,6 +50,7 @@ from dicom_node.demo.minipacs import (
 from dicom_node.identity import NOT_FOR_DIAGNOSTIC_USE
 from dicom_node.store.db import Delivery, Job, Result, Series, Study
 from dicom_node.store.states import OPEN_JOB_STATES, DeliveryState, SeriesState
+from dicom_node.wording import probability_value
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ def _cells(row: DemoRow) -> list[str]:
         row.route,
         row.model,
         row.predicted_class,
-        "-" if row.probability is None else f"{row.probability:.3f}",
+        "-" if row.probability is None else probability_value(row.probability),
         row.label or "-",
         row.received,
         "-" if row.seconds is None else f"{row.seconds:.1f}",

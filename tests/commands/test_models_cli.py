@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,17 @@ def test_predict_routes_files_and_writes_heatmap(
     assert main(["predict", str(chest), "--heatmap", str(heatmap)]) == 0
     out = capsys.readouterr().out
     assert "routed: chest-xray" in out
-    assert "chest-xray-pneumonia 0.3.0 -> " in out
-    assert "NORMAL" in out and "PNEUMONIA" in out
+    # The class, then P(class), then the other class; an adult's film is flagged.
+    assert re.search(
+        r"chest-xray-pneumonia 0\.3\.0 -> (NORMAL|PNEUMONIA) P\(\1\) = 0\.\d\d; "
+        r"P\((NORMAL|PNEUMONIA)\) = 0\.\d\d in ",
+        out,
+    )
+    assert "OUTSIDE INTENDED USE: patient age 55 years, intended 0-17 years" in out
+    assert re.search(r"heatmap \(Grad-CAM for (NORMAL|PNEUMONIA)\) written to ", out)
     with Image.open(heatmap) as picture:
-        assert picture.mode == "RGB" and picture.size[0] > 100
+        # RG1_UNCI at full size (1841 columns) below the labelled band.
+        assert picture.mode == "RGB" and picture.size[0] == 1841 and picture.size[1] > 1955
 
 
 def test_predict_explains_what_it_cannot_do(

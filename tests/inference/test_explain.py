@@ -104,6 +104,24 @@ def test_overlay_blends_colour_only_where_the_map_is_high() -> None:
     assert heatmap.cam.max() == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.parametrize("colour", [False, True])
+def test_map_values_below_the_floor_leave_the_image_uncoloured(colour: bool) -> None:
+    """Faint map values do not tint the film; above the floor the colour fades in."""
+    grey = np.full((40, 40), 0.5, dtype=np.float32)
+    image = np.repeat(grey[..., None], 3, axis=2) if colour else grey
+    cam = np.zeros((40, 40), dtype=np.float32)
+    cam[:, 10:20] = 0.15  # below the floor
+    cam[:, 20:30] = 0.2  # at the floor
+    cam[:, 30:] = 0.6  # above it
+    heatmap = explain.render("1", None, image, cam, alpha=0.5, floor=0.2, target="NORMAL")
+    overlay = heatmap.overlay.astype(int)
+    assert (overlay[:, :30] == 128).all()  # the source's grey, untouched
+    weight = 0.5 * (0.6 - 0.2) / 0.8
+    expected = np.rint(((1 - weight) * 0.5 + weight * colormap.apply(np.float32(0.6))) * 255)
+    np.testing.assert_allclose(overlay[5, 35], expected, atol=2)
+    assert (heatmap.target, heatmap.floor, heatmap.alpha) == ("NORMAL", 0.2, 0.5)
+
+
 def test_colour_source_keeps_its_colours() -> None:
     image = np.zeros((10, 10, 3), dtype=np.float32)
     image[..., 0] = 1.0  # red

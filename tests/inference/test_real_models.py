@@ -67,6 +67,23 @@ def test_chest_heatmap_on_a_radiograph(
     assert heatmap.overlay.shape == (ds.Rows, ds.Columns, 3)
     assert heatmap.cam.max() > 0  # explains a PNEUMONIA-positive picture with some evidence
     assert prediction.positive_probability == pytest.approx(prediction.probabilities["PNEUMONIA"])
+    # The manifest explains each image's predicted class, and the heatmap says which.
+    assert heatmap.target == prediction.predicted_class
+    assert heatmap.target_probability == pytest.approx(
+        prediction.probabilities[heatmap.target], abs=1e-5
+    )
+    assert (heatmap.floor, heatmap.colormap) == (0.2, "inferno")
+    # A child's frontal DX chest (the demo header has no age): inside the intended use.
+    assert prediction.out_of_scope == ()
+    # The same film said to be a 64-year-old's lateral view: results, flagged.
+    ds.PatientBirthDate, ds.ViewPosition = "19400305", "LL"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20040826"
+    adult = chest_model.predict_series([ds], explain=False)
+    assert adult.probabilities == prediction.probabilities
+    assert adult.out_of_scope == (
+        "view LL, intended AP or PA",
+        "patient age 64 years, intended 0-17 years",
+    )
 
 
 def test_brain_onnx_matches_a_direct_onnxruntime_call(brain_model: LoadedModel) -> None:
