@@ -16,7 +16,8 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 apt_install() {
-    # Debian packages: DICOM peers for the tests (DCMTK, dicom3tools, Orthanc, Chromium).
+    # Debian packages: DICOM peers for the tests (DCMTK, dicom3tools, Orthanc and its
+    # DICOMweb plugin, Chromium).
     local missing=()
     for pkg in "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -33,6 +34,8 @@ apt_install() {
 
 if [[ $WITH_TEST -eq 1 ]]; then
     apt_install dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils
+    # npm fetches the OHIF viewer below; Node.js from elsewhere (nodesource) brings its own.
+    command -v npm >/dev/null || apt_install npm
 else
     # The demo uses Orthanc as its PACS when it is there; a built-in receiver otherwise.
     apt_install orthanc || echo "Orthanc not installed: the demo will use its built-in receiver"
@@ -53,5 +56,21 @@ if [[ $WITH_TEST -eq 1 ]]; then
     # Keras 2 (tf_keras) writes genuine legacy .h5 files for the import tests; its declared
     # `tensorflow` requirement would pull the full build next to tensorflow-cpu.
     .venv/bin/pip install -q --no-deps "tf-keras>=2.16"
+fi
+if [[ $WITH_TEST -eq 1 ]]; then
+    # The prebuilt OHIF viewer (its dist/ folder, no build) for tests/viewer: fetched once
+    # into an ignored folder, so the tests never download anything.
+    OHIF_VERSION=3.13.2
+    OHIF_DIR=.cache/ohif/$OHIF_VERSION
+    if [[ ! -f $OHIF_DIR/dist/index.html ]]; then
+        echo "fetching the OHIF viewer @ohif/app@$OHIF_VERSION (npm)"
+        tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
+        mkdir -p "$OHIF_DIR"
+        tar -xzf "$tmp/ohif-app-$OHIF_VERSION.tgz" -C "$tmp" package/dist
+        rm -rf "$OHIF_DIR/dist"
+        mv "$tmp/package/dist" "$OHIF_DIR/dist"
+        rm -rf "$tmp"
+    fi
 fi
 echo "dicom-node is set up in .venv"

@@ -319,7 +319,9 @@ def run_orthanc(
     A modality is ``(AET, host, port)`` or Orthanc's object form, e.g. with
     ``"UseDicomTls": True``. With ``tls`` Orthanc's DICOM port speaks TLS only, and it uses
     the same certificate when it connects to a modality over TLS. ``dicomweb`` loads the
-    DICOMweb plugin (``{url}/dicom-web/``); ``extra`` is merged into the configuration
+    DICOMweb plugin at ``/dicom-web/`` (and WADO-URI at ``/wado``) with full study and
+    series metadata, so a viewer finds an SR's content tree in ``/metadata`` without
+    fetching every instance; ``extra`` is merged into the configuration
     last (e.g. ``{"DicomWeb": {"Servers": ...}}``, whose keys are merged into the
     plugin's section, or ``RegisteredUsers``).
     """
@@ -356,7 +358,15 @@ def run_orthanc(
         )
     if dicomweb:
         config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
-        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+        config["DicomWeb"] = {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}
