@@ -41,7 +41,6 @@ from dicom_node.config import (
     LiveSettings,
     Route,
     Settings,
-    env_var,
     settings_from_text,
 )
 
@@ -112,11 +111,10 @@ def read_only_reason(settings: Settings) -> str | None:
         )
     taken = sorted(set(SECTIONS) & origin.overridden)
     if taken:
-        variables = ", ".join(env_var(key) + "__..." for key in taken)
         return (
-            f"{' and '.join(taken)} are set outside the configuration file (environment "
-            f"variables such as {variables}, or the program that started the node), so "
-            "the file's values are not the ones in force; edit them there."
+            f"{' and '.join(taken)} are set outside {origin.path} (by the environment or by "
+            "the program that started the node), so the file's values are not the ones in "
+            "force; change them where they are set."
         )
     if not os.access(origin.path.parent, os.W_OK):
         return f"The folder of {origin.path} is not writable by the node."
