@@ -72,7 +72,7 @@ def pause(sessions: sessionmaker[Session], by: str) -> bool:
     with sessions() as session:
         if session.get(Setting, PAUSE_KEY) is not None:
             return False
-        value = json.dumps({"by": by, "since": utcnow().isoformat() + "Z"})
+        value = json.dumps({"by": by, "since": utcnow().isoformat(timespec="seconds") + "Z"})
         session.add(Setting(key=PAUSE_KEY, value=value))
         try:
             session.commit()

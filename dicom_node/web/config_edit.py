@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomlkit
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT, Table, Whitespace
 from tomlkit.toml_document import TOMLDocument
 
 from dicom_node.config import (
@@ -280,7 +280,14 @@ def put_entry(doc: TOMLDocument, section: Section, values: Mapping[str, Any], *,
     if new:
         if any(t.get("name") == name for t in tables):
             raise EditError(f"{section}: {name!r} exists already; choose another name")
-        tables.append(_new_table(values, defaults, order))
+        table = _new_table(values, defaults, order)
+        if len(tables):
+            # The blank line that ends the last table separates it from what follows
+            # ([web]...): it moves to the end of the new one.
+            body = tables[-1].value.body
+            if body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
+                table.add(body.pop()[1])
+        tables.append(table)
         return
     _update_table(tables[_find(tables, name)], values, defaults, order)
 

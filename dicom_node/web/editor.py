@@ -387,11 +387,17 @@ for _section in config_edit.SECTIONS:
 # -- destinations ------------------------------------------------------------------------------
 
 
+def _shown(value: Any) -> Any:
+    """A setting as a form shows it: 5.0 seconds as "5", booleans for checkboxes."""
+    if isinstance(value, bool):
+        return value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _destination_values(settings: Settings, name: str) -> dict[str, Any] | None:
     for dest in settings.destinations:
         if dest.name == name:
-            values = dest.model_dump()
-            return {k: (v if isinstance(v, bool) else str(v)) for k, v in values.items()}
+            return {k: _shown(v) for k, v in dest.model_dump().items()}
     return None
 
 

@@ -96,6 +96,21 @@ def test_add_a_route_and_move_it_first(editor: ConfigEditor, config: Path) -> No
     assert comment_lines(config.read_text()) == comment_lines(DEFAULT_CONFIG.read_text())
 
 
+def test_a_new_table_before_another_section_keeps_the_blank_lines(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "\n[web]\nport = 8081\n")
+    editor = ConfigEditor(LiveSettings(load_settings(config, environ={})), environ={})
+    values = {"name": "ct", "forward": True, "destinations": ["pacs"]}
+    editor.apply(
+        editor.current().version, lambda d: config_edit.put_entry(d, "routes", values, new=True)
+    )
+    assert config.read_text().endswith(
+        'key_slices = 3\n\n[[routes]]\nname = "ct"\ndestinations = ["pacs"]\n'
+        "forward = true\n\n[web]\nport = 8081\n"
+    )
+    assert editor.live.current.web.port == 8081
+
+
 def test_invalid_edits_get_the_start_up_message_and_change_nothing(
     editor: ConfigEditor, config: Path
 ) -> None:
