@@ -286,7 +286,9 @@ def put_entry(doc: TOMLDocument, section: Section, values: Mapping[str, Any], *,
             # ([web]...): it moves to the end of the new one.
             body = tables[-1].value.body
             if body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
-                table.add(body.pop()[1])
+                blank = body.pop()[1]
+                assert isinstance(blank, Whitespace)
+                table.add(blank)
         tables.append(table)
         return
     _update_table(tables[_find(tables, name)], values, defaults, order)
