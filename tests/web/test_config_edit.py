@@ -181,7 +181,13 @@ def test_destination_edit_changes_only_what_changed(editor: ConfigEditor, config
         for line in outcome.diff.splitlines()
         if line[:1] in "+-" and line[:3] not in ("+++", "---")
     ]
-    assert changed == ["-port = 4242", "+port = 4243", "+enabled = false"]
+    comment = "# false holds the destination: its deliveries wait (pending)"
+    assert changed == [
+        "-port = 4242",
+        "+port = 4243",
+        f"-enabled = true            {comment}",
+        f"+enabled = false            {comment}",
+    ]
     dest = editor.live.current.destination("pacs")
     assert (dest.port, dest.enabled) == (4243, False)
     # The trailing comments of the destination's keys are kept.
