@@ -241,8 +241,15 @@ class Deliverer:
         return self.live.current
 
     def due(
-        self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
+        self,
+        now: dt.datetime,
+        limit: int = 500,
+        skip: frozenset[int] = frozenset(),
+        held: frozenset[str] = frozenset(),
     ) -> dict[str, list[DeliveryItem]]:
+        """Pending deliveries due by ``now``, oldest first, by destination; those in flight
+        (``skip``) and those of held destinations are left out (else a held destination's
+        backlog could fill ``limit`` and starve the others)."""
         with self.sessions() as session:
             query = (
                 select(Delivery)
@@ -252,6 +259,8 @@ class Deliverer:
             )
             if skip:
                 query = query.where(Delivery.id.not_in(skip))
+            if held:
+                query = query.where(Delivery.destination.not_in(held))
             groups: dict[str, list[DeliveryItem]] = defaultdict(list)
             for row in session.scalars(query).all():
                 groups[row.destination].append(
@@ -287,7 +296,9 @@ class Deliverer:
         started = 0
         threads: list[threading.Thread] = []
         settings = self.settings
-        for name, items in self.due(now or utcnow(), skip=self._lanes.in_flight()).items():
+        held = frozenset(d.name for d in settings.destinations if not d.enabled)
+        due = self.due(now or utcnow(), skip=self._lanes.in_flight(), held=held)
+        for name, items in due.items():
             try:
                 dest = settings.destination(name)
             except KeyError:
@@ -295,8 +306,6 @@ class Deliverer:
                     self._record(
                         item, None, None, f"destination {name!r} is not configured", final=True
                     )
-                continue
-            if not dest.enabled:  # held: the deliveries wait, their attempts untouched
                 continue
             self._ensure_status(name)
             for start in range(0, len(items), MAX_CONTEXTS):

@@ -209,6 +209,23 @@ def test_routes_page_and_test_a_file(
     assert tests[0].username == "victor" and tests[0].target.startswith("1.3.6.1.4.1.5962")
 
 
+def test_route_test_upload_is_bounded(
+    viewer: TestClient, monkeypatch: pytest.MonkeyPatch, sessions: sessionmaker[Session]
+) -> None:
+    """A form body over the bound is refused before it is read (413), upload or not."""
+    from dicom_node.web import csrf
+
+    token = csrf_token(viewer, "/routes")
+    monkeypatch.setattr(csrf, "MAX_FORM_BYTES", 4096)
+    response = viewer.post(
+        "/routes/test",
+        data={"csrf_token": token},
+        files={"file": ("big.dcm", b"\0" * 8192, "application/dicom")},
+    )
+    assert response.status_code == 413
+    assert _audit(sessions, "test_route") == []
+
+
 def test_routes_page_shows_match_exclude_and_waiting(
     tmp_path: Path, sessions: sessionmaker[Session], accounts: None
 ) -> None:
