@@ -11,8 +11,10 @@ import errno
 import os
 import re
 import socket
+import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -306,6 +309,8 @@ class Destination(_Strict):
     concurrency: int = Field(1, ge=1, le=16)
     # Absent: plain DICOM. A table (even empty: the system's CAs): DICOM over TLS.
     tls: DestinationTls | None = None
+    # A disabled destination is held: its deliveries wait (pending) until it is enabled.
+    enabled: bool = True
 
     @field_validator("ae_title")
     @classmethod
@@ -426,6 +431,19 @@ class DicomwebSettings(_Strict):
     _ae = field_validator("calling_ae")(_check_ae)
 
 
+@dataclass(frozen=True)
+class ConfigOrigin:
+    """Where settings were read from, for the admin page's editor.
+
+    ``overridden`` names the top-level keys (``routes``, ``scp``...) that the environment
+    or the caller replaced, whose values in the file are therefore not the ones in force.
+    """
+
+    path: Path
+    embedded: bool
+    overridden: frozenset[str] = frozenset()
+
+
 class Settings(_Strict):
     node: NodeSettings = NodeSettings()
     scp: ScpSettings = ScpSettings()
@@ -439,6 +457,13 @@ class Settings(_Strict):
     dicomweb: DicomwebSettings = DicomwebSettings()
     # Where the settings came from, for messages; not a configuration key.
     source: str = Field("<defaults>", exclude=True)
+    # The file and what overrode it (``load_settings``); not a key either, hence private.
+    _origin: ConfigOrigin | None = PrivateAttr(None)
+
+    @property
+    def origin(self) -> ConfigOrigin | None:
+        """The configuration file these settings were read from (None: built in code)."""
+        return self._origin
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -592,15 +617,37 @@ def load_settings(
         and the key.
     """
     cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
-    source = str(cfg_path)
     try:
-        data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        text = cfg_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {source}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {cfg_path}: {exc.strerror}") from exc
+    return settings_from_text(text, cfg_path, environ=environ, overrides=overrides)
+
+
+def settings_from_text(
+    text: str,
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Validate the text of the configuration file at ``path`` as :func:`load_settings`
+    would read it: the admin page's editor checks a changed file with this before it
+    writes it, so an edit is held to exactly the rules of the file.
+
+    Raises
+    ------
+    ConfigError
+        The text is not TOML, or a value is invalid; the message names the file and key.
+    """
+    source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    embedded = path.resolve() == DEFAULT_CONFIG.resolve()
     models = data.get("models")
-    if cfg_path.resolve() == DEFAULT_CONFIG.resolve() and isinstance(models, dict):
+    if embedded and isinstance(models, dict):
         # The embedded configuration's model folder is the one shipped with the code, from
         # whatever directory the node is started; relative paths from a user's own file or
         # the environment stay relative to the working directory.
@@ -613,6 +660,61 @@ def load_settings(
     if overrides:
         data = _merge(data, overrides)
     try:
-        return Settings.model_validate({**data, "source": source})
+        settings = Settings.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(_format_error(source, exc, env)) from None
+    settings._origin = ConfigOrigin(
+        path=path.resolve(), embedded=embedded, overridden=frozenset(env) | set(overrides or ())
+    )
+    return settings
+
+
+class LiveSettings:
+    """The node's settings in force, replaced as a whole when an admin edits routes or
+    destinations on the admin page, so an edit takes effect without a restart.
+
+    Components that route, run jobs or deliver read ``current`` once per unit of work (a
+    scan, a job, a batch) and use that one snapshot throughout: a ``Settings`` is frozen,
+    so a reader sees either the old or the new configuration, never half of each.
+    ``replace`` tells the subscribers first (the node forwards the settings to its worker
+    processes), then swaps the reference, under a lock that orders concurrent edits.
+    """
+
+    def __init__(self, settings: Settings, *, version: int = 0) -> None:
+        self._current = settings
+        self._version = version
+        self._lock = threading.Lock()
+        self._subscribers: list[Callable[[Settings, int], None]] = []
+
+    @classmethod
+    def of(cls, settings: Settings | LiveSettings) -> LiveSettings:
+        """``settings`` itself when live already, else a holder of it (tests, tools)."""
+        return settings if isinstance(settings, LiveSettings) else cls(settings)
+
+    @property
+    def current(self) -> Settings:
+        return self._current
+
+    @property
+    def version(self) -> int:
+        """How often the settings were replaced since start."""
+        return self._version
+
+    def subscribe(self, callback: Callable[[Settings, int], None]) -> None:
+        """Call ``callback(settings, version)`` on every later ``replace``, before the swap."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def replace(self, settings: Settings, *, version: int | None = None) -> int:
+        """Put ``settings`` in force; returns the new version.
+
+        ``version`` is given by a worker process that receives the node's replacements
+        (``process.worker``), so both count alike.
+        """
+        with self._lock:
+            new_version = self._version + 1 if version is None else version
+            for callback in self._subscribers:
+                callback(settings, new_version)
+            self._current = settings
+            self._version = new_version
+            return new_version

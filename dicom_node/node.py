@@ -19,11 +19,16 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from dicom_node.config import Settings
+from dicom_node.config import LiveSettings, Settings
 from dicom_node.dispatch.delivery import Deliverer, DeliveryThread
 from dicom_node.doorbell import Doorbell
 from dicom_node.process.queue import requeue_interrupted
-from dicom_node.process.worker import InProcessWorker, model_cache, worker_main
+from dicom_node.process.worker import (
+    InProcessWorker,
+    SettingsChannel,
+    model_cache,
+    worker_main,
+)
 from dicom_node.receive.reconcile import reconcile_spool
 from dicom_node.receive.scp import StoreSCP
 from dicom_node.receive.spool import Spool
@@ -45,7 +50,9 @@ class Node:
         models: Any | None = None,
         web: bool = True,
     ) -> None:
-        self.settings = settings
+        # Routes and destinations edited on the admin page replace these while the node
+        # runs (``LiveSettings``); completion, delivery and the workers read through it.
+        self.live = LiveSettings(settings)
         self.lock = DataFolderLock(settings.data_dir)
         # Migrated in start(), under the lock: a second node must not touch the database.
         self.engine: Engine = create_engine(settings.database_url, migrate=False)
@@ -57,7 +64,7 @@ class Node:
         self.jobs_queued = Doorbell()
         self.results_queued = Doorbell()
         self.completion = CompletionThread(
-            self.sessions, settings, self.model_available, on_queued=self.jobs_queued.ring
+            self.sessions, self.live, self.model_available, on_queued=self.jobs_queued.ring
         )
         # A clean release from a sender that sends whole series ends them (per-sender
         # completion policy); the receiver only reports it, the route stage decides.
@@ -67,7 +74,7 @@ class Node:
             self.spool,
             on_released=self.completion.association_released,
         )
-        self.deliverer = Deliverer(settings, self.sessions, on_lane_free=self.results_queued.ring)
+        self.deliverer = Deliverer(self.live, self.sessions, on_lane_free=self.results_queued.ring)
         self.delivery = DeliveryThread(self.deliverer, wakeup=self.results_queued)
         self._models = models
         self._web_enabled = web
@@ -75,9 +82,29 @@ class Node:
         self._web_socket: socket.socket | None = None
         self._stop = mp.get_context("spawn").Event()
         self._workers: dict[str, mp.process.BaseProcess] = {}
+        # One settings channel per worker process; guarded so that a worker spawned while
+        # an edit is published gets either the old settings and the edit, or the new ones.
+        self._channels: dict[str, SettingsChannel] = {}
+        self._channels_lock = threading.Lock()
+        self.live.subscribe(self._publish_settings)
         self._inproc: InProcessWorker | None = None
         self._supervisor: threading.Thread | None = None
         self._running = threading.Event()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now."""
+        return self.live.current
+
+    def _publish_settings(self, settings: Settings, version: int) -> None:
+        """Forward edited settings to every worker process (``LiveSettings.subscribe``)."""
+        with self._channels_lock:
+            for channel in self._channels.values():
+                channel.publish(settings, version)
+        try:
+            self.jobs_queued.ring()  # idle workers take them now, not at their next poll
+        except Exception:  # stopped node: the settings are in force for the next start
+            log.debug("could not wake the workers after a settings edit", exc_info=True)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -117,7 +144,7 @@ class Node:
         if self.settings.workers.processes == 0 or self._models is not None:
             models = self._models if self._models is not None else model_cache(self.settings)
             self._inproc = InProcessWorker(
-                self.settings,
+                self.live,
                 self.sessions,
                 models,
                 jobs_queued=self.jobs_queued,
@@ -168,13 +195,21 @@ class Node:
     def _start_web(self, sock: socket.socket) -> None:
         from dicom_node.web.server import start_web
 
-        self._web = start_web(self.settings, self.sessions, None, self.status, sock=sock)
+        self._web = start_web(self.live, self.sessions, None, self.status, sock=sock)
 
     def _spawn_worker(self, name: str) -> None:
         ctx = mp.get_context("spawn")
+        with self._channels_lock:
+            # Under the lock a replacement cannot be half published: these settings and
+            # this version belong together, and the next one goes to this channel too.
+            settings, version = self.live.current, self.live.version
+            old = self._channels.pop(name, None)
+            if old is not None:
+                old.close()
+            channel = self._channels[name] = SettingsChannel(ctx, version)
         proc = ctx.Process(
             target=worker_main,
-            args=(self.settings, name, self._stop, self.jobs_queued, self.results_queued),
+            args=(settings, name, self._stop, self.jobs_queued, self.results_queued, channel),
             name=f"worker-{name}",
         )
         proc.daemon = True
@@ -215,6 +250,10 @@ class Node:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.terminate()
+        with self._channels_lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
         if self._web is not None:
             self._web.stop()
         if self._web_socket is not None:

@@ -403,6 +403,26 @@ def run_orthanc(
         log.close()
 
 
+@contextmanager
+def run_storescp(folder: Path, *, aet: str = "STORESCP") -> Iterator[int]:
+    """DCMTK storescp as a destination PACS on a free port, writing what it receives
+    (any SOP class, ``+xa``) into ``folder``; yields the port."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["storescp", "-aet", aet, "-od", str(folder), "+xa", str(port)],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def storescu(
     port: int,
     files: list[Path],

@@ -5,7 +5,10 @@ Deliveries are rows in the database, so the attempt count, the last status and e
 the next attempt time survive a restart, whichever the kind. Each row is committed right
 after its own C-STORE (or its batch's STOW-RS request), so a crash re-sends at most what
 was in flight, and a job that is re-run finds its (destination, SOP Instance UID) rows
-already done and sends nothing twice.
+already done and sends nothing twice. Each attempt
+also updates the destination's ``destination_status`` row (last success, last error),
+which the destinations page shows. A destination with ``enabled = false`` is held: its
+deliveries stay pending until it is enabled again.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from sqlalchemy import select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import ConfigError, Destination, Settings
+from dicom_node.config import ConfigError, Destination, LiveSettings, Settings
 from dicom_node.dispatch import stow
+from dicom_node.dispatch.association import NoAssociationError, Peer, request
 from dicom_node.doorbell import Doorbell
 from dicom_node.store import history
-from dicom_node.store.db import Delivery, utcnow
+from dicom_node.store.db import Delivery, DestinationStatus, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
 from dicom_node.tls import HandshakeRecordingContext, TlsConfigError, client_context
 
@@ -266,20 +271,35 @@ class Deliverer:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         sessions: sessionmaker[Session],
         *,
         on_lane_free: Callable[[], None] | None = None,
     ) -> None:
-        self.settings = settings
+        """``settings`` may be live (``LiveSettings``): destinations edited on the admin
+        page apply from the next scan."""
+        self.live = LiveSettings.of(settings)
         self.sessions = sessions
         self.counts: dict[str, int] = defaultdict(int)
         self._lanes = _Lanes(on_lane_free)
-        check_tls(settings)
+        check_tls(self.live.current)
+        self._known_status: set[str] = set()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (one snapshot per scan and per batch)."""
+        return self.live.current
 
     def due(
-        self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
+        self,
+        now: dt.datetime,
+        limit: int = 500,
+        skip: frozenset[int] = frozenset(),
+        held: frozenset[str] = frozenset(),
     ) -> dict[str, list[DeliveryItem]]:
+        """Pending deliveries due by ``now``, oldest first, by destination; those in flight
+        (``skip``) and those of held destinations are left out (else a held destination's
+        backlog could fill ``limit`` and starve the others)."""
         with self.sessions() as session:
             query = (
                 select(Delivery)
@@ -289,6 +309,8 @@ class Deliverer:
             )
             if skip:
                 query = query.where(Delivery.id.not_in(skip))
+            if held:
+                query = query.where(Delivery.destination.not_in(held))
             groups: dict[str, list[DeliveryItem]] = defaultdict(list)
             for row in session.scalars(query).all():
                 groups[row.destination].append(
@@ -323,15 +345,19 @@ class Deliverer:
         """
         started = 0
         threads: list[threading.Thread] = []
-        for name, items in self.due(now or utcnow(), skip=self._lanes.in_flight()).items():
+        settings = self.settings
+        held = frozenset(d.name for d in settings.destinations if not d.enabled)
+        due = self.due(now or utcnow(), skip=self._lanes.in_flight(), held=held)
+        for name, items in due.items():
             try:
-                dest = self.settings.destination(name)
+                dest = settings.destination(name)
             except KeyError:
                 for item in items:
                     self._record(
                         item, None, None, f"destination {name!r} is not configured", final=True
                     )
                 continue
+            self._ensure_status(name)
             for start in range(0, len(items), MAX_CONTEXTS):
                 batch = items[start : start + MAX_CONTEXTS]
                 thread = self._lanes.start(dest, batch, self._send_batch)
@@ -403,15 +429,10 @@ class Deliverer:
                 self._record(item, dest, None, f"TLS set-up: tls.{exc.field}: {exc}")
             return
         try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls)
-        except Exception as exc:  # resolver or socket errors
+            assoc = request(ae, _peer(dest), calling_option="node.ae_title", tls_args=tls)
+        except NoAssociationError as exc:  # refused, no answer, rejected (why), TLS
             for item in items:
-                self._record(item, dest, None, f"cannot connect: {exc}")
-            return
-        if not assoc.is_established:
-            reason = _association_failure(assoc, dest, tls[0] if tls else None)
-            for item in items:
-                self._record(item, dest, None, reason)
+                self._record(item, dest, None, str(exc))
             return
         try:
             for item in items:
@@ -474,6 +495,17 @@ class Deliverer:
             row.attempts += 1
             row.last_status = status
             row.last_error = error
+            if row.destination in self._known_status:
+                values: dict[str, object] = (
+                    {"last_success_at": now}
+                    if success
+                    else {"last_error_at": now, "last_status": status, "last_error": error}
+                )
+                session.execute(
+                    update(DestinationStatus)
+                    .where(DestinationStatus.name == row.destination)
+                    .values(**values)
+                )
             if success:
                 row.state = DeliveryState.DONE
                 row.delivered_at = now
@@ -510,20 +542,111 @@ class Deliverer:
                 error,
             )
 
+    def _ensure_status(self, name: str) -> None:
+        """Make sure the destination has its status row, so attempts only UPDATE it (two
+        lanes of one destination never race to INSERT it in their delivery commits)."""
+        if name in self._known_status:
+            return
+        with self.sessions() as session:
+            if session.get(DestinationStatus, name) is None:
+                session.add(DestinationStatus(name=name, last_error=""))
+                try:
+                    session.commit()
+                except IntegrityError:  # created by another process meanwhile
+                    session.rollback()
+        self._known_status.add(name)
 
-def _association_failure(
-    assoc: Association, dest: Destination, tls: HandshakeRecordingContext | None = None
-) -> str:
+
+@dataclass(frozen=True)
+class DestinationSummary:
+    """What the destinations page shows of one destination, from the database."""
+
+    name: str
+    pending: int
+    failed: int
+    last_success_at: dt.datetime | None
+    last_error_at: dt.datetime | None
+    last_status: int | None
+    last_error: str
+
+
+def destination_summaries(session: Session, names: Sequence[str]) -> list[DestinationSummary]:
+    """Pending and failed counts, last success and last error of each named destination
+    (also of ones not configured any more that still have deliveries, after ``names``)."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for name, state, count in session.execute(
+        select(Delivery.destination, Delivery.state, func.count(Delivery.id))
+        .where(Delivery.state.in_((DeliveryState.PENDING, DeliveryState.FAILED)))
+        .group_by(Delivery.destination, Delivery.state)
+    ):
+        counts[name][str(state)] = int(count)
+    status = {row.name: row for row in session.scalars(select(DestinationStatus))}
+    ordered = list(dict.fromkeys([*names, *sorted(counts)]))
+    summaries = []
+    for name in ordered:
+        row = status.get(name)
+        summaries.append(
+            DestinationSummary(
+                name=name,
+                pending=counts[name].get(DeliveryState.PENDING, 0),
+                failed=counts[name].get(DeliveryState.FAILED, 0),
+                last_success_at=row.last_success_at if row else None,
+                last_error_at=row.last_error_at if row else None,
+                last_status=row.last_status if row else None,
+                last_error=row.last_error if row else "",
+            )
+        )
+    return summaries
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """The outcome of a C-ECHO: whether it worked, and what happened in one line."""
+
+    ok: bool
+    message: str
+    seconds: float
+
+
+def echo(dest: Destination, calling_ae: str) -> EchoResult:
+    """C-ECHO a destination as the delivery would reach it (same AE titles, TLS, timeout).
+
+    The operator's first question about a PACS that does not take results: is it there,
+    and does it accept us? The answer says which: connection refused or timed out,
+    association rejected (and why), a failed TLS handshake, or the Verification status.
+    """
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    if dest.kind != "dimse":
+        return EchoResult(False, f"{dest.name} is a DICOMweb destination: C-ECHO is DIMSE", 0.0)
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = ae.acse_timeout = dest.timeout
+    ae.dimse_timeout = ae.network_timeout = dest.timeout
+    ae.add_requested_context(Verification)
+    started = time.monotonic()
+    try:
+        assoc = request(ae, _peer(dest), calling_option="node.ae_title", tls_args=tls_args(dest))
+    except TlsConfigError as exc:
+        return EchoResult(False, f"TLS set-up: tls.{exc.field}: {exc}", 0.0)
+    except NoAssociationError as exc:
+        return EchoResult(False, str(exc), time.monotonic() - started)
+    try:
+        status_ds = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    elapsed = time.monotonic() - started
+    status = int(getattr(status_ds, "Status", -1)) if status_ds is not None else -1
     where = dest.where
-    if tls is not None and tls.handshake_error:
-        return f"TLS handshake with {where} failed: {tls.handshake_error}"
-    if assoc.is_rejected:
-        rj = assoc.acceptor.primitive
-        result = getattr(rj, "result_str", "") if rj is not None else ""
-        reason = getattr(rj, "reason_str", "") if rj is not None else ""
-        return f"association rejected by {where}: {result} {reason}".strip()
-    # pynetdicom reports a refused TCP connection as an aborted association.
-    return f"cannot associate with {where}: connection refused, aborted or timed out"
+    if status == 0:
+        return EchoResult(True, f"C-ECHO {where}: success in {elapsed * 1000:.0f} ms", elapsed)
+    if status < 0:
+        return EchoResult(False, f"C-ECHO {where}: no response (timeout or abort)", elapsed)
+    return EchoResult(False, f"C-ECHO {where}: status 0x{status:04X}", elapsed)
+
+
+def _peer(dest: Destination) -> Peer:
+    return Peer(dest.ae_title, dest.host, dest.port)
 
 
 class DeliveryThread(threading.Thread):

@@ -2,32 +2,175 @@
 
 A job is one processing run of a routed series (one generation of it, one route). Its
 life is ``queued -> running -> done | failed``, and ``running -> queued`` again when the
-worker that ran it died. Every change goes through a function here, in the caller's or
-its own transaction, with the event that records it; nothing else writes ``Job.state``
-(the database refuses values outside ``JobState``).
+worker that ran it died. An operator may cancel a queued job (``queued -> cancelled``)
+and retry a failed or cancelled one (``-> queued``). Every change goes through a function
+here, in the caller's or its own transaction, with the event that records it; nothing
+else writes ``Job.state`` (the database refuses values outside ``JobState``).
 
 Claiming is an atomic ``UPDATE ... WHERE state = 'queued'``: several worker processes
-(and later several hosts) can race for a job, and exactly one wins.
+(and later several hosts) can race for a job, and exactly one wins; cancelling is the
+same kind of UPDATE, so a job is either claimed or cancelled, never both.
+
+Processing can be paused: a row in ``node_setting`` that every claim reads, so every
+worker of every process honours it, and it outlives a restart (an operator who paused
+the node for a PACS maintenance does not want a reboot to resume it). Running jobs
+finish; nothing new starts.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store import history
-from dicom_node.store.db import Job, Series, Study, utcnow
+from dicom_node.store.db import Job, Series, Setting, Study, utcnow
 from dicom_node.store.states import EventKind, JobState
 
 # How many queued jobs one claim looks at: the oldest first; a lost race tries the next.
 _CLAIM_CANDIDATES = 5
 
 
+# The ``node_setting`` key of the pause flag; its value says who paused and when (JSON).
+PAUSE_KEY = "processing_paused"
+# States an operator may retry from.
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
+
+
 class QueueError(ValueError):
-    """A request the queue cannot honour (unknown series, no route to run)."""
+    """A request the queue cannot honour (unknown series or job, a job in the wrong state)."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Processing is paused: by whom and since when (ISO 8601, UTC)."""
+
+    by: str
+    since: str
+
+
+def paused(session: Session) -> Pause | None:
+    """Whether processing is paused (read by every claim), and by whom."""
+    row = session.get(Setting, PAUSE_KEY)
+    if row is None:
+        return None
+    try:
+        value = json.loads(row.value)
+        return Pause(by=str(value.get("by", "")), since=str(value.get("since", "")))
+    except (ValueError, AttributeError):  # an unreadable flag still pauses
+        return Pause(by="", since="")
+
+
+def pause(sessions: sessionmaker[Session], by: str) -> bool:
+    """Stop claiming new jobs, in every worker; running jobs finish. Returns False when
+    processing was paused already (the first pause, and who made it, is kept)."""
+    with sessions() as session:
+        if session.get(Setting, PAUSE_KEY) is not None:
+            return False
+        value = json.dumps({"by": by, "since": utcnow().isoformat(timespec="seconds") + "Z"})
+        session.add(Setting(key=PAUSE_KEY, value=value))
+        try:
+            session.commit()
+        except IntegrityError:  # paused by someone else meanwhile
+            return False
+        return True
+
+
+def resume(sessions: sessionmaker[Session]) -> bool:
+    """Claim jobs again; returns False when processing was not paused. The caller rings
+    the workers' doorbell, so queued jobs start now rather than after a poll."""
+    with sessions() as session:
+        row = session.get(Setting, PAUSE_KEY)
+        if row is None:
+            return False
+        session.delete(row)
+        session.commit()
+        return True
+
+
+def _job_and_uids(session: Session, job_id: int) -> tuple[Job, str, str]:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise QueueError(f"unknown job {job_id}")
+    series = session.get(Series, job.series_id)
+    study_uid = ""
+    if series is not None:
+        study_uid = session.scalar(select(Study.study_uid).where(Study.id == series.study_id)) or ""
+    return job, series.series_uid if series is not None else "", study_uid
+
+
+def cancel(sessions: sessionmaker[Session], job_id: int, *, by: str) -> None:
+    """Cancel a queued job: no worker will run it (``queued -> cancelled``).
+
+    Atomic against a worker's claim: the same ``UPDATE ... WHERE state = 'queued'``, so
+    exactly one of the two wins. A running job cannot be cancelled (its model call is
+    not interruptible); it is left to finish.
+
+    Raises
+    ------
+    QueueError
+        Unknown job, or one that is not queued.
+    """
+    with sessions() as session:
+        job, series_uid, study_uid = _job_and_uids(session, job_id)
+        cancelled = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELLED, finished_at=utcnow(), error=f"cancelled by {by}")
+        ).rowcount  # type: ignore[attr-defined]
+        if not cancelled:
+            session.rollback()
+            session.refresh(job)
+            raise QueueError(f"job {job_id} is {job.state}, not queued")
+        history.record(
+            session,
+            EventKind.JOB_CANCELLED,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            job_id=job_id,
+            requested_by=by,
+        )
+        session.commit()
+
+
+def retry(sessions: sessionmaker[Session], job_id: int, *, by: str) -> None:
+    """Queue a failed or cancelled job again, as it is (same generation and route).
+
+    The same job rather than a re-run's new generation: its outputs are idempotent
+    (``process.runner``), so a retry after a transient failure (a model file being
+    replaced, the database restarting) produces what the first run would have. The
+    error text is kept until the job runs again; the attempt count goes on.
+
+    Raises
+    ------
+    QueueError
+        Unknown job, or one that is neither failed nor cancelled.
+    """
+    with sessions() as session:
+        job, series_uid, study_uid = _job_and_uids(session, job_id)
+        retried = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(RETRYABLE_STATES))
+            .values(state=JobState.QUEUED, finished_at=None)
+        ).rowcount  # type: ignore[attr-defined]
+        if not retried:
+            session.rollback()
+            session.refresh(job)
+            raise QueueError(f"job {job_id} is {job.state}, not failed or cancelled")
+        history.record(
+            session,
+            EventKind.JOB_RETRY_REQUESTED,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            job_id=job_id,
+            requested_by=by,
+        )
+        session.commit()
 
 
 def enqueue(
@@ -112,8 +255,11 @@ def rerun_series(sessions: sessionmaker[Session], series_uid: str, reason: str) 
 
 
 def claim_next(sessions: sessionmaker[Session], worker: str) -> int | None:
-    """Atomically take the oldest queued job for ``worker``; None when there is none."""
+    """Atomically take the oldest queued job for ``worker``; None when there is none or
+    processing is paused."""
     with sessions() as session:
+        if paused(session) is not None:
+            return None
         candidates = session.scalars(
             select(Job.id)
             .where(Job.state == JobState.QUEUED)

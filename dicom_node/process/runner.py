@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Route, Settings
+from dicom_node.config import LiveSettings, Route, Settings
 from dicom_node.dispatch.delivery import ensure_delivery
 from dicom_node.process import queue
 from dicom_node.process.heatmap import display_png
@@ -59,6 +59,9 @@ class JobContext:
     study_uid: str
     series_uid: str
     instances: tuple[tuple[str, str, str], ...]  # (sop_class_uid, sop_instance_uid, path)
+    # The settings in force when the job started: an edit of the routes or destinations
+    # on the admin page while it runs applies to the next job, not half of this one.
+    settings: Settings
 
 
 def _load_context(session: Session, settings: Settings, job: Job) -> JobContext:
@@ -84,6 +87,7 @@ def _load_context(session: Session, settings: Settings, job: Job) -> JobContext:
         study_uid=study_uid,
         series_uid=series.series_uid,
         instances=tuple((r[0], r[1], r[2]) for r in rows),
+        settings=settings,
     )
 
 
@@ -92,18 +96,24 @@ class JobRunner:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         sessions: sessionmaker[Session],
         models: ModelProvider | None,
         *,
         on_deliveries: Callable[[], None] | None = None,
     ) -> None:
         """``on_deliveries`` is called after each commit that queued deliveries (the
-        node rings the delivery thread's doorbell: results go out without a poll wait)."""
-        self.settings = settings
+        node rings the delivery thread's doorbell: results go out without a poll wait).
+        ``settings`` may be live (``LiveSettings``): each job reads it once as it starts."""
+        self.live = LiveSettings.of(settings)
         self.sessions = sessions
         self.models = models
         self.on_deliveries = on_deliveries
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now; a running job uses its ``JobContext.settings``."""
+        return self.live.current
 
     def _deliveries_queued(self) -> None:
         if self.on_deliveries is not None:
@@ -237,7 +247,7 @@ class JobRunner:
             )
             for dest in ctx.route.destinations:
                 for kind, uid, cls, path in objects:
-                    if not _object_for_destination(kind, self.settings, dest):
+                    if not _object_for_destination(kind, ctx.settings, dest):
                         continue
                     ensure_delivery(
                         session,
@@ -278,7 +288,7 @@ class JobRunner:
         from dicom_node.results import build_results
 
         sr_classes: list[SRClass] = sorted(
-            {self.settings.destination(d).sr_class for d in ctx.route.destinations}
+            {ctx.settings.destination(d).sr_class for d in ctx.route.destinations}
             or {"comprehensive3d"}
         )
         predecessor = self._predecessor(ctx, prediction.model.id)
@@ -335,7 +345,7 @@ class JobRunner:
 
     def _result_path(self, ctx: JobContext, ds: Dataset) -> Path:
         return (
-            self.settings.results_dir
+            ctx.settings.results_dir
             / ctx.study_uid
             / str(ds.SeriesInstanceUID)
             / f"{ds.SOPInstanceUID}.dcm"
@@ -351,7 +361,7 @@ class JobRunner:
         from dicom_node.results.picture import labelled_heatmap
 
         path = (
-            self.settings.results_dir
+            ctx.settings.results_dir
             / "heatmaps"
             / f"{ctx.series_uid}_{model_id}_g{ctx.generation}.png"
         )

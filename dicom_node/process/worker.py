@@ -9,15 +9,62 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 from collections.abc import Callable
+from multiprocessing.context import SpawnContext
 from typing import Any
 
-from dicom_node.config import Settings
+from dicom_node.config import LiveSettings, Settings
 from dicom_node.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
+
+
+class SettingsChannel:
+    """Carries the node's settings, as an admin edits routes or destinations, to one
+    worker process, so a job started after the edit runs with it (no restart).
+
+    The node ``publish``es every replacement (``LiveSettings.subscribe``) before it puts
+    it in force itself: the settings go into a queue and their version into a shared
+    number. Before each claim the worker compares the number with its own version and,
+    when behind, takes what the queue holds, waiting for it if need be (the queue's
+    feeder thread may not have written it yet). So a job that the node queued under new
+    settings (a newly added route) never meets a worker still holding the old ones.
+    """
+
+    def __init__(self, ctx: SpawnContext, version: int) -> None:
+        self._queue: Any = ctx.Queue()
+        self._version: Any = ctx.Value("q", version)
+
+    @property
+    def version(self) -> int:
+        return int(self._version.value)
+
+    def publish(self, settings: Settings, version: int) -> None:
+        """In the node: send ``settings`` as ``version`` (never blocks: a feeder thread
+        writes the queue)."""
+        self._queue.put((version, settings))
+        self._version.value = version
+
+    def refresh(self, live: LiveSettings, timeout: float = 10.0) -> None:
+        """In the worker: catch up with the node's latest published settings."""
+        target = self.version
+        while live.version < target:
+            try:
+                version, settings = self._queue.get(timeout=timeout)
+            except queue.Empty:  # the node keeps its own copy; try again before next claim
+                log.warning("settings version %d announced but not received", target)
+                return
+            if version > live.version:
+                live.replace(settings, version=version)
+                log.info("settings version %d in force (routes or destinations edited)", version)
+
+    def close(self) -> None:
+        """In the node, when the worker is gone: do not wait for unread items at exit."""
+        self._queue.cancel_join_thread()
+        self._queue.close()
 
 
 def model_cache(settings: Settings) -> Any:
@@ -74,6 +121,7 @@ def run_jobs(
     poll_interval: float,
     keep_going: Callable[[], bool] = lambda: True,
     jobs_queued: Doorbell | None = None,
+    before_claim: Callable[[], None] | None = None,
 ) -> None:
     """Claim and run jobs until ``stop`` (a threading or multiprocessing Event) is set.
 
@@ -81,12 +129,15 @@ def run_jobs(
     to claim it waits for ``jobs_queued`` (rung when completion queues a job, and when the
     node stops), at most ``poll_interval`` seconds: the poll is the safety net for jobs
     queued without a ring (requeued at start-up, re-runs from the admin page).
+    ``before_claim`` runs before each claim (a worker process takes edited settings).
     """
-    from dicom_node.process import queue
+    from dicom_node.process import queue as job_queue
 
     while not stop.is_set() and keep_going():
         try:
-            job_id = queue.claim_next(sessions, name)
+            if before_claim is not None:
+                before_claim()
+            job_id = job_queue.claim_next(sessions, name)
         except Exception:
             log.exception("cannot claim a job; retrying")
             job_id = None
@@ -106,11 +157,13 @@ def worker_main(
     stop: Any,
     jobs_queued: Doorbell | None = None,
     results_queued: Doorbell | None = None,
+    channel: SettingsChannel | None = None,
 ) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method).
 
     ``jobs_queued`` wakes this worker when a job is queued; the worker rings
     ``results_queued`` when a job has queued deliveries, to wake the delivery thread.
+    ``channel`` brings the settings an admin edits while the worker runs.
     """
     from dicom_node.logs import setup_logging
     from dicom_node.process.runner import JobRunner
@@ -136,8 +189,9 @@ def worker_main(
     sessions = session_factory(engine)
     models = model_cache(settings)
     _preload(models, settings)
+    live = LiveSettings(settings, version=channel.version if channel is not None else 0)
     runner = JobRunner(
-        settings,
+        live,
         sessions,
         models,
         on_deliveries=results_queued.ring if results_queued is not None else None,
@@ -161,6 +215,7 @@ def worker_main(
         settings.workers.poll_interval,
         parent_alive,
         jobs_queued=jobs_queued,
+        before_claim=(lambda: channel.refresh(live)) if channel is not None else None,
     )
     engine.dispose()
     log.info("worker %s stopped", name)
@@ -171,7 +226,7 @@ class InProcessWorker(threading.Thread):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | LiveSettings,
         sessions: Any,
         models: Any,
         name: str = "inproc",
@@ -182,10 +237,10 @@ class InProcessWorker(threading.Thread):
         super().__init__(name=f"worker-{name}", daemon=True)
         from dicom_node.process.runner import JobRunner
 
-        self.settings = settings
+        self.live = LiveSettings.of(settings)
         self.sessions = sessions
         self.runner = JobRunner(
-            settings,
+            self.live,
             sessions,
             models,
             on_deliveries=results_queued.ring if results_queued is not None else None,
@@ -200,7 +255,7 @@ class InProcessWorker(threading.Thread):
             self.sessions,
             self.worker_name,
             self.stopped,
-            self.settings.workers.poll_interval,
+            self.live.current.workers.poll_interval,
             jobs_queued=self.jobs_queued,
         )
 

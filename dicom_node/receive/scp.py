@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import re
 import ssl
 import threading
 import weakref
@@ -48,16 +49,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import ConfigError, Settings, cannot_listen
-from dicom_node.receive import pynetdicom_ext
+from dicom_node.receive import pynetdicom_ext, refusals
 from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.index import IndexCache, InstanceMeta
 from dicom_node.receive.ingest import Claim, Ingestor, Origin, inline, refuse
 from dicom_node.receive.spool import Spool
 from dicom_node.receive.statuses import Status, StoreRejectedError
 from dicom_node.store.db import utcnow
+from dicom_node.store.states import RefusalKind
 from dicom_node.tls import TlsConfigError, server_context
 
 log = logging.getLogger(__name__)
+# A UID from the network is kept on a refusal only when it looks like one (PS3.5 9.1).
+_UID_RE = re.compile(r"^[0-9.]{1,64}$")
 
 
 # Transfer syntaxes we accept: uncompressed, deflated and every compressed syntax that our
@@ -162,6 +166,8 @@ class StoreSCP:
         self.on_instance = on_instance
         self.on_released = on_released
         self.stats = ReceiveStats()
+        # Refused connections, associations and C-STOREs, for the admin page.
+        self.refusals = refusals.RefusalRecorder(sessions)
         # The plain listener ([scp] port) and the TLS one ([scp.tls]); either may be absent.
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
@@ -348,6 +354,7 @@ class StoreSCP:
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
+        self.refusals.stop()
 
     # -- handlers (never raise) -------------------------------------------------------
     def _handle_echo(self, event: Event) -> int:
@@ -357,15 +364,57 @@ class StoreSCP:
         self.stats.add(associations=1)
         req = event.assoc.requestor
         log.info("association accepted from %s@%s", req.ae_title, req.address)
+        try:
+            if not event.assoc.accepted_contexts:
+                self._no_usable_context(event.assoc)
+        except Exception:  # a notification handler must not raise
+            log.exception("could not check the accepted presentation contexts")
+
+    def _no_usable_context(self, assoc: Any) -> None:
+        """Accepted, but every proposed presentation context was refused: the peer can
+        send nothing. DICOM says "accept" here (PS3.8 9.3.3), yet to the operator of the
+        sender it is a refusal, so it is recorded as one, with what was proposed."""
+        calling, called, address = refusals.peer(assoc)
+        proposed = [
+            f"{getattr(cx.abstract_syntax, 'name', cx.abstract_syntax)} "
+            f"[{', '.join(str(ts) for ts in cx.transfer_syntax)}]"
+            for cx in assoc.rejected_contexts[:5]
+        ]
+        log.warning(
+            "association from %r at %s has no acceptable presentation context", calling, address
+        )
+        self.refusals.submit(
+            RefusalKind.ASSOCIATION,
+            calling_ae=calling,
+            called_ae=called,
+            address=address,
+            meaning="no acceptable presentation context (SOP class or transfer syntax "
+            "not supported)",
+            reason="proposed: " + "; ".join(proposed) if proposed else "nothing proposed",
+        )
 
     def _handle_rejected(self, event: Event) -> None:
         self.stats.add(rejected_associations=1)
-        req = event.assoc.requestor
+        calling, called, address = refusals.peer(event.assoc)
+        rj = event.assoc.acceptor.primitive
+        meaning = refusals.rejection_meaning(
+            getattr(rj, "result", None),
+            getattr(rj, "result_source", None),
+            getattr(rj, "diagnostic", None),
+        )
         log.warning(
-            "association rejected: calling AE %r from %s, called AE %r",
-            req.ae_title,
-            req.address,
-            event.assoc.acceptor.ae_title,
+            "association rejected: calling AE %r from %s, called AE %r: %s",
+            calling,
+            address,
+            called,
+            meaning,
+        )
+        self.refusals.submit(
+            RefusalKind.ASSOCIATION,
+            calling_ae=calling,
+            called_ae=called,
+            address=address,
+            meaning=meaning,
         )
 
     def _handle_released(self, event: Event) -> None:
@@ -410,6 +459,11 @@ class StoreSCP:
     def _host_refused(self, address: str) -> None:
         self.stats.add(rejected_associations=1)
         log.warning("connection from %s refused: host not allowed", address)
+        self.refusals.submit(
+            RefusalKind.CONNECTION,
+            address=address,
+            meaning="host not allowed (not in scp.allowed_hosts); connection closed",
+        )
 
     def _tls_refused(self, address: str, reason: str) -> None:
         """A connection to the TLS port whose handshake failed: no certificate, one our CAs
@@ -451,7 +505,26 @@ class StoreSCP:
             return self._store(event)
         except Exception as exc:  # mapped to a status, never raised (see ingest.refuse)
             self.stats.add(failures=1)
-            return refuse("C-STORE", sop_uid, exc).status
+            refusal = refuse("C-STORE", sop_uid, exc)
+            return self._refused(event, sop_uid, refusal.status, refusal.reason)
+
+    def _refused(self, event: Event, sop_uid: str, status: Status, reason: str) -> int:
+        """Record a refused C-STORE for the admin page and return its status (never raises)."""
+        try:
+            calling, called, address = refusals.peer(event.assoc)
+            self.refusals.submit(
+                RefusalKind.STORE,
+                calling_ae=calling,
+                called_ae=called,
+                address=address,
+                status=int(status),
+                meaning=Status(status).meaning,
+                reason=reason,
+                sop_instance_uid=sop_uid[:64] if _UID_RE.match(sop_uid) else "",
+            )
+        except Exception:  # the answer matters more than the record
+            log.exception("could not record a refused C-STORE")
+        return status
 
     def _store(self, event: Event) -> int:
         request = event.request

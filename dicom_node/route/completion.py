@@ -35,7 +35,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from dicom_node.config import LiveSettings, Settings
 from dicom_node.process import queue
 from dicom_node.route.rules import RouteDecision, evaluate, tags_for
 from dicom_node.store import history
@@ -335,15 +335,17 @@ class CompletionThread(threading.Thread):
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        settings: Settings,
+        settings: Settings | LiveSettings,
         model_available: Callable[[str], bool],
         *,
         on_queued: Callable[[], None] | None = None,
     ) -> None:
-        """``on_queued`` is called after a routed series queued jobs (wake a worker)."""
+        """``on_queued`` is called after a routed series queued jobs (wake a worker).
+        ``settings`` may be live (``LiveSettings``): routes edited on the admin page apply
+        from the next scan."""
         super().__init__(name="completion", daemon=True)
         self.sessions = sessions
-        self.settings = settings
+        self.live = LiveSettings.of(settings)
         self.model_available = model_available
         self.on_queued = on_queued
         self.stopped = threading.Event()
@@ -352,6 +354,11 @@ class CompletionThread(threading.Thread):
         self._kept_open: list[tuple[str, str]] = []  # (series UID, calling AE) to record
         self._lock = threading.Lock()
         self.started_at: dt.datetime | None = None  # see complete_due_series(not_before)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read once per scan: one snapshot per scan)."""
+        return self.live.current
 
     def start(self) -> None:
         self.started_at = utcnow()
@@ -379,6 +386,7 @@ class CompletionThread(threading.Thread):
     def run_once(self, now: dt.datetime | None = None) -> float:
         """Complete what is due; return how long to sleep before the next look."""
         now = now or utcnow()
+        settings = self.settings
         due, kept_open = self._take_due(now)
         for series_uid, calling_ae in kept_open:
             notice = ReleaseNotice(now, series_uid, now, calling_ae)
@@ -387,7 +395,7 @@ class CompletionThread(threading.Thread):
             )
         complete_released_series(
             self.sessions,
-            self.settings,
+            settings,
             due,
             now=now,
             model_available=self.model_available,
@@ -395,16 +403,16 @@ class CompletionThread(threading.Thread):
         )
         complete_due_series(
             self.sessions,
-            self.settings,
+            settings,
             now=now,
             model_available=self.model_available,
             on_queued=self.on_queued,
             not_before=self.started_at,
         )
-        wait = self.settings.completion.scan_interval
-        quiet_due = next_quiet_due(self.sessions, self.settings)
+        wait = settings.completion.scan_interval
+        quiet_due = next_quiet_due(self.sessions, settings)
         if quiet_due is not None and self.started_at is not None:
-            quiet = dt.timedelta(seconds=self.settings.completion.quiet_seconds)
+            quiet = dt.timedelta(seconds=settings.completion.quiet_seconds)
             quiet_due = max(quiet_due, self.started_at + quiet)
         candidates = [quiet_due]
         with self._lock:

@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
-from dicom_node.store.states import DeliveryState, JobState, SeriesState
+from dicom_node.store.states import DeliveryState, JobState, RefusalKind, SeriesState
 
 UID = String(64)
 
@@ -247,6 +247,47 @@ class Delivery(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     job: Mapped[Job | None] = relationship(back_populates="deliveries")
+
+
+class DestinationStatus(Base):
+    """The last success and the last error of each destination (migration 0005).
+
+    Kept by ``dispatch.delivery`` with every attempt, so the destinations page answers
+    "when did this PACS last take something, and what did it last say" with one row per
+    destination, whatever the size of the delivery and event tables. A success does not
+    clear the last error: both are shown with their times.
+    """
+
+    __tablename__ = "destination_status"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Refusal(Base):
+    """A connection, association or C-STORE the receiver refused (migration 0005).
+
+    Written by ``receive.refusals`` only, which keeps the newest ``MAX_REFUSALS`` rows: a
+    hostile or misconfigured peer retrying all night must not fill the disk. Holds AE
+    titles, addresses, statuses and UIDs, never patient data.
+    """
+
+    __tablename__ = "refusal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[RefusalKind] = mapped_column(_state_type(RefusalKind))
+    calling_ae: Mapped[str] = mapped_column(String(64), default="")
+    called_ae: Mapped[str] = mapped_column(String(64), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    # The C-STORE status answered; None for connections and associations.
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    meaning: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
 
 
 class Event(Base):

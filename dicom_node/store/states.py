@@ -33,12 +33,17 @@ PROCESSED_SERIES_STATES = frozenset({SeriesState.ROUTED, SeriesState.UNROUTED, S
 
 
 class JobState(StrEnum):
-    """queued -> running -> done | failed (running -> queued when its worker died)."""
+    """queued -> running -> done | failed (running -> queued when its worker died).
+
+    An operator may cancel a queued job (queued -> cancelled) and retry a failed or
+    cancelled one (-> queued); both from the admin page, through ``process.queue``.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # migration 0005
 
 
 OPEN_JOB_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
@@ -50,6 +55,14 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+
+
+class RefusalKind(StrEnum):
+    """What the receiver refused (``receive.refusals``, table ``refusal``, migration 0005)."""
+
+    CONNECTION = "connection"  # the TCP connection, before any PDU: host not allowed
+    ASSOCIATION = "association"  # A-ASSOCIATE-RJ, or accepted with no usable context
+    STORE = "store"  # a C-STORE answered with a failure status
 
 
 class EventKind(StrEnum):
@@ -71,6 +84,8 @@ class EventKind(StrEnum):
     JOB_FORWARD_QUEUED = "job.forward_queued"
     JOB_DONE = "job.done"
     JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+    JOB_RETRY_REQUESTED = "job.retry_requested"
     MODEL_RESULT = "model.result"
     DELIVERY_DONE = "delivery.done"
     DELIVERY_RETRY = "delivery.retry"

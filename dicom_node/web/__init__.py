@@ -42,6 +42,17 @@ Login throttle
     address, otherwise it needs a bearer token or a session (``system``).
 Positive results
     ``positive_probability >= 0.5`` (the result table keeps no per-model threshold).
+Console
+    Queue, routes, destinations, models and refused peers (``console``, ``console_pages``)
+    show UIDs, AE titles and addresses, no patient data, so looking is not audited; every
+    action is (pause, resume, retry, cancel, C-ECHO, testing a file against the routes,
+    each edit). Job and delivery rows are changed through their owners only.
+Editing the configuration
+    ``config_edit`` changes the node's own TOML file with tomlkit (comments kept), validates
+    it with the start-up code, writes it atomically and swaps the routes and destinations
+    into ``LiveSettings``; forms carry the file's SHA-256, so a stale form cannot undo a
+    newer change. The embedded configuration is read-only and the page says how to move
+    to a file of one's own.
 """
 
 from dicom_node.web.actions import DefaultActions, WebActions

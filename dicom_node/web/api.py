@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from dicom_node.web import actions, detail, overview, queries
+from dicom_node.web import actions, console, detail, overview, queries
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, api_admin, api_user
 from dicom_node.web.context import get_context, get_db
@@ -26,9 +26,15 @@ from dicom_node.web.schemas import (
     AuditPage,
     DeliveryInfo,
     DeliveryPage,
+    DestinationView,
+    EchoAnswer,
     Me,
     ModelStats,
+    ModelView,
+    QueuePage,
+    RefusalPage,
     RerunResult,
+    RouteView,
     StudyDetail,
     StudyPage,
 )
@@ -222,6 +228,142 @@ def audit_entries(
     db: Session = Depends(get_db),
 ) -> AuditPage:
     return overview.audit_log(db, username=username, action=action, page=page, page_size=page_size)
+
+
+# -- the operator's console ------------------------------------------------------------------
+
+
+class PauseAnswer(BaseModel):
+    paused: bool = Field(description="whether processing is paused now")
+    changed: bool = Field(description="False when it already was in that state")
+
+
+class JobAnswer(BaseModel):
+    job_id: int
+    state: str
+
+
+JobIdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+NamePath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="its name")]
+
+
+@router.get("/queue", response_model=QueuePage)
+def queue_jobs(
+    view: Annotated[console.QueueView, Query()] = "attention",
+    page: PageParam = 1,
+    page_size: PageSizeParam = 50,
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> QueuePage:
+    """Jobs of a view (running, queued and failed by default), whether processing is
+    paused, and the number of jobs per state."""
+    return console.queue_page(db, view=view, page=page, page_size=page_size)
+
+
+def _pause(request: Request, db: Session, user: WebUser, paused: bool) -> PauseAnswer:
+    changed = console.set_paused(db, request, user.username, paused, via="api")
+    return PauseAnswer(paused=paused, changed=changed)
+
+
+@router.post("/queue/pause", response_model=PauseAnswer)
+def pause_processing(
+    request: Request, user: WebUser = Depends(api_admin), db: Session = Depends(get_db)
+) -> PauseAnswer:
+    """No queued job starts until resumed (every worker; kept across restarts)."""
+    return _pause(request, db, user, True)
+
+
+@router.post("/queue/resume", response_model=PauseAnswer)
+def resume_processing(
+    request: Request, user: WebUser = Depends(api_admin), db: Session = Depends(get_db)
+) -> PauseAnswer:
+    return _pause(request, db, user, False)
+
+
+def _job(request: Request, db: Session, user: WebUser, job_id: int, action: Any) -> JobAnswer:
+    try:
+        console.job_action(db, request, user.username, job_id, action, via="api")
+    except console.ConsoleError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    return JobAnswer(job_id=job_id, state="queued" if action == "retry" else "cancelled")
+
+
+_JOB_409: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "unknown job, or not in a state for this"}
+}
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobAnswer, responses=_JOB_409)
+def retry_job(
+    request: Request,
+    job_id: JobIdPath,
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> JobAnswer:
+    """Queue a failed or cancelled job again (same generation)."""
+    return _job(request, db, user, job_id, "retry")
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobAnswer, responses=_JOB_409)
+def cancel_job(
+    request: Request,
+    job_id: JobIdPath,
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> JobAnswer:
+    """Cancel a queued job (a running one finishes)."""
+    return _job(request, db, user, job_id, "cancel")
+
+
+@router.get("/routes", response_model=list[RouteView])
+def routes(request: Request, user: WebUser = Depends(api_user)) -> list[RouteView]:
+    """The routes in force, in evaluation order, each active, disabled or waiting."""
+    return console.route_views(get_context(request).settings)
+
+
+@router.get("/destinations", response_model=list[DestinationView])
+def destinations(
+    request: Request, user: WebUser = Depends(api_user), db: Session = Depends(get_db)
+) -> list[DestinationView]:
+    """Destinations with pending and failed counts, last success and last error."""
+    return console.destination_views(db, get_context(request).settings)
+
+
+@router.post(
+    "/destinations/{name}/echo",
+    response_model=EchoAnswer,
+    responses={404: {"model": Problem, "description": "no such destination"}},
+)
+def echo_destination(
+    request: Request,
+    name: NamePath,
+    user: WebUser = Depends(api_admin),
+    db: Session = Depends(get_db),
+) -> EchoAnswer:
+    """C-ECHO the destination as a delivery would reach it; ``ok`` says whether it
+    answered with success, ``message`` what happened otherwise."""
+    try:
+        return console.echo_destination(db, request, user.username, name, via="api")
+    except console.ConsoleError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+@router.get("/model-packages", response_model=list[ModelView])
+def model_packages(request: Request, user: WebUser = Depends(api_user)) -> list[ModelView]:
+    """Model packages: version, intended use, whether the weights are present."""
+    return console.model_views(get_context(request).settings)
+
+
+@router.get("/refusals", response_model=RefusalPage)
+def refusals(
+    kind: Annotated[console.RefusalView, Query()] = "all",
+    page: PageParam = 1,
+    page_size: PageSizeParam = 50,
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> RefusalPage:
+    """Refused connections, associations and C-STOREs, newest first."""
+    return console.refusal_page(db, kind=kind, page=page, page_size=page_size)
 
 
 @router.get("/openapi.json", include_in_schema=False)

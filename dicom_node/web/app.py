@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from dicom_node.config import Settings
+from dicom_node.config import LiveSettings, Settings
 from dicom_node.receive.spool import Spool
-from dicom_node.web import api, login, operations, pages, stow, system
+from dicom_node.web import api, console_pages, editor, login, operations, pages, stow, system
 from dicom_node.web.actions import DefaultActions, WebActions
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import AdminRequiredError, LoginRequiredError
 from dicom_node.web.cache import TtlValue
+from dicom_node.web.config_edit import ConfigEditor
 from dicom_node.web.context import StatusFn, WebContext
 from dicom_node.web.csrf import csrf_protect
 from dicom_node.web.filters import FilterStore
@@ -70,7 +71,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: Settings,
+    settings: Settings | LiveSettings,
     sessions: sessionmaker[Session],
     *,
     actions: WebActions | None = None,
@@ -82,7 +83,8 @@ def create_app(
     ----------
     settings
         Node settings; ``settings.web`` configures sessions and rate limits, ``routes``
-        feed the models page, ``spool_dir`` the health check.
+        feed the models page, ``spool_dir`` the health check. The node passes its
+        ``LiveSettings``: routes and destinations edited on the page go into force there.
     sessions
         Session factory of the node's database (schema at the newest migration).
     actions
@@ -92,7 +94,8 @@ def create_app(
         ``scp_listening``, ``models``, ``workers_alive`` and optionally ``receive``
         (``instances``, ``bytes``, ``associations``).
     """
-    web = settings.web
+    live = LiveSettings.of(settings)
+    web = live.current.web
     app = FastAPI(
         title="dicom-node admin API",
         version="1",
@@ -103,7 +106,7 @@ def create_app(
         dependencies=[Depends(csrf_protect)],
     )
     app.state.web = WebContext(
-        settings=settings,
+        live=live,
         sessions=sessions,
         actions=actions if actions is not None else DefaultActions(sessions),
         status=status,
@@ -118,7 +121,8 @@ def create_app(
         latency=LatencyHistogram(),
         choices=TtlValue(60.0),
         health=TtlValue(web.health_cache_seconds),
-        spool=Spool(settings.spool_dir),
+        spool=Spool(live.current.spool_dir),
+        editor=ConfigEditor(live),
     )
     app.add_middleware(
         SessionMiddleware,
@@ -133,8 +137,8 @@ def create_app(
     app.add_exception_handler(AdminRequiredError, _admin_required)
     app.add_exception_handler(HTTPException, _http_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (login, pages, operations, api, system):
+    for module in (login, pages, console_pages, editor, operations, api, system):
         app.include_router(module.router)
-    if settings.dicomweb.enabled:
+    if live.current.dicomweb.enabled:
         app.include_router(stow.router)
     return app

@@ -14,10 +14,11 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from dicom_node.config import LiveSettings, Settings
 from dicom_node.receive.spool import Spool
 from dicom_node.web.actions import WebActions
 from dicom_node.web.cache import TtlValue
+from dicom_node.web.config_edit import ConfigEditor
 from dicom_node.web.filters import FilterStore
 from dicom_node.web.health import HealthReport
 from dicom_node.web.metrics import LatencyHistogram
@@ -28,7 +29,8 @@ StatusFn = Callable[[], dict[str, Any]]
 
 @dataclass
 class WebContext:
-    settings: Settings
+    # The node's settings in force; routes and destinations change when an admin edits them.
+    live: LiveSettings
     sessions: sessionmaker[Session]
     actions: WebActions
     status: StatusFn | None
@@ -44,6 +46,13 @@ class WebContext:
     health: TtlValue[HealthReport]
     # where the STOW-RS door stores instances (the node's spool; ``web.stow``)
     spool: Spool
+    # edits of routes and destinations in the configuration file (one at a time)
+    editor: ConfigEditor
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read once per request)."""
+        return self.live.current
 
 
 def get_context(request: Request) -> WebContext:

@@ -17,6 +17,10 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# The largest form body read to find the token: a form is parsed (an upload spooled to a
+# temporary file) before any handler runs, so a bound here is the only one. The largest
+# form is "test the routes on a file", one DICOM file.
+MAX_FORM_BYTES = 512 * 1024 * 1024
 SESSION_KEY = "csrf"
 FIELD = "csrf_token"
 HEADER = "x-csrf-token"
@@ -50,6 +54,9 @@ async def csrf_protect(request: Request) -> None:
     if not sent:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_FORM_BYTES:
+                raise HTTPException(status_code=413, detail="request body too large")
             form = await request.form()
             value = form.get(FIELD)
             sent = value if isinstance(value, str) else ""

@@ -1,4 +1,5 @@
-"""The HTML pages: studies, study detail, models, deliveries, audit log."""
+"""The HTML pages: studies, study detail, models, deliveries, audit log (the console's
+queue, routes, destinations and refused pages are in ``console_pages``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Result, Series
-from dicom_node.web import detail, overview, queries
+from dicom_node.web import console, detail, overview, queries
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import WebUser, page_admin, page_user
 from dicom_node.web.context import get_context, get_db
@@ -162,8 +163,14 @@ def study_page(
 def models_page(
     request: Request, user: WebUser = Depends(page_user), db: Session = Depends(get_db)
 ) -> Response:
-    stats = overview.model_stats(db, get_context(request).settings)
-    return render(request, "models.html", {"models": stats})
+    """Every model package (version, intended use, weights present or waiting) with the
+    counts and latency of its results."""
+    settings = get_context(request).settings
+    stats = {s.model_id: s for s in overview.model_stats(db, settings)}
+    models = console.model_views(settings)
+    packaged = {m.model_id for m in models}
+    orphans = [s for model_id, s in stats.items() if model_id not in packaged]
+    return render(request, "models.html", {"models": models, "stats": stats, "orphans": orphans})
 
 
 @router.get("/deliveries")

@@ -34,13 +34,14 @@ SORT_COLUMNS: dict[str, Any] = {
     "accession": Study.accession_number,
 }
 # Worst first: the study row shows the most urgent state of its series.
-_JOB_ORDER = ("failed", "running", "queued", "done")
+_JOB_ORDER = ("failed", "running", "queued", "cancelled", "done")
 _DELIVERY_ORDER = ("failed", "pending", "done")
 _LEVEL: dict[str, Level] = {
     "done": "ok",
     "failed": "fail",
     "running": "wait",
     "queued": "wait",
+    "cancelled": "none",
     "pending": "wait",
 }
 

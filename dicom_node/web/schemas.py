@@ -263,3 +263,120 @@ class RerunResult(BaseModel):
 class Me(BaseModel):
     username: str
     role: str
+
+
+# -- the operator's console: queue, routes, destinations, models, refusals -------------------
+
+
+class QueuedJob(BaseModel):
+    """A job on the queue page: UIDs and states only, no patient data."""
+
+    id: int
+    state: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    body_part: str
+    route_name: str
+    generation: int
+    attempts: int
+    worker: str
+    error: str
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+class PauseInfo(BaseModel):
+    by: str
+    since: str
+
+
+class QueuePage(BaseModel):
+    paused: PauseInfo | None = Field(description="processing paused: no job starts")
+    counts: dict[str, int] = Field(description="jobs per state")
+    items: list[QueuedJob]
+    total: int
+    page: int
+    pages: int
+
+
+class RefusalRow(BaseModel):
+    id: int
+    time: UtcDatetime
+    kind: str = Field(description="connection, association or store")
+    calling_ae: str
+    called_ae: str
+    address: str
+    status: int | None = Field(description="C-STORE status answered (store refusals)")
+    meaning: str
+    reason: str
+    sop_instance_uid: str
+
+
+class RefusalPage(BaseModel):
+    items: list[RefusalRow]
+    total: int
+    page: int
+    pages: int
+
+
+class DestinationView(BaseModel):
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = Field(description="DICOM TLS; the node sends without TLS for now")
+    enabled: bool
+    configured: bool = Field(description="False: no longer configured, deliveries remain")
+    concurrency: int | None
+    timeout: float | None
+    max_attempts: int | None
+    sr_class: str
+    routes: list[str]
+    pending: int
+    failed: int
+    last_success_at: UtcDatetime | None
+    last_error_at: UtcDatetime | None
+    last_status: int | None
+    last_error: str
+
+
+class EchoAnswer(BaseModel):
+    destination: str
+    ok: bool
+    message: str
+    seconds: float
+
+
+class RouteView(BaseModel):
+    position: int = Field(description="1-based evaluation order")
+    name: str
+    enabled: bool
+    status: str = Field(description="active, disabled or waiting (for model weights)")
+    waiting: list[str] = Field(description="why the route waits: one line per model")
+    match: dict[str, str]
+    exclude: dict[str, str]
+    models: list[str]
+    destinations: list[str]
+    forward: bool
+    pdf: bool
+    key_slices: int
+    continue_: bool = Field(alias="continue")
+
+    model_config = {"populate_by_name": True}
+
+
+class ModelView(BaseModel):
+    """A model package: its manifest and whether its weights are there."""
+
+    model_id: str
+    name: str
+    version: str
+    description: str
+    intended_use: str
+    weights_format: str
+    weights_present: bool
+    missing_reason: str
+    routes: list[str]
+    error: str = Field("", description="the manifest could not be read: why")

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings, cannot_listen
+from dicom_node.config import LiveSettings, Settings, cannot_listen
 from dicom_node.web.actions import WebActions
 from dicom_node.web.app import create_app
 from dicom_node.web.context import StatusFn
@@ -83,7 +83,7 @@ def bind_web(settings: Settings) -> socket.socket:
 
 
 def start_web(
-    settings: Settings,
+    settings: Settings | LiveSettings,
     sessions: sessionmaker[Session],
     actions: WebActions | None = None,
     status: StatusFn | None = None,
@@ -103,7 +103,7 @@ def start_web(
     RuntimeError
         uvicorn did not start (port in use, address not available) within the timeout.
     """
-    web = settings.web
+    web = LiveSettings.of(settings).current.web
     app = create_app(settings, sessions, actions=actions, status=status)
     options: dict[str, Any] = {
         "host": web.host,

@@ -114,7 +114,7 @@ def test_destination_down_then_up_receives_everything(start_node: Any, tmp_path:
     )
     pending = node.query(select(Delivery))
     assert {d.state for d in pending} == {"pending"}
-    assert all("cannot associate" in d.last_error for d in pending)
+    assert all("connection refused (nothing listens on port" in d.last_error for d in pending)
     with run_orthanc(tmp_path / "orthanc", dicom_port=pacs_port) as pacs:
         node.wait_until(
             lambda: {d.state for d in node.query(select(Delivery))} == {"done"},

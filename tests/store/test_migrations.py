@@ -208,5 +208,33 @@ def test_0005_adds_the_scope_flag_to_existing_results(database_url: str) -> None
     assert "out_of_scope" not in columns and "scope_reasons" not in columns
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM result")).scalar_one() == 2
+
+
+def test_0006_allows_cancelled_jobs_and_adds_console_tables(database_url: str) -> None:
+    """A 0005 database keeps its jobs; a job may then be cancelled (and nothing else new);
+    the downgrade turns cancelled jobs into failed ones with the reason, and drops the
+    refusal and destination status tables."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0005")
+    _fill_at_0002(engine)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("UPDATE job SET state = 'cancelled' WHERE id = 1"))
+    upgrade(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"refusal", "destination_status"} <= tables
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE job SET state = 'cancelled' WHERE id = 1"))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("UPDATE job SET state = 'finished' WHERE id = 1"))
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.state is JobState.CANCELLED and job.worker == "w1"
+
+    downgrade(engine, "0005")
+    assert "refusal" not in set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        state, error = conn.execute(text("SELECT state, error FROM job")).one()
+    assert (state, error) == ("failed", "cancelled by an operator")
     upgrade(engine)
     engine.dispose()

@@ -99,11 +99,17 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 # -- settings ----------------------------------------------------------------------------------
 
 
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
 def make_settings(root: Path, **web: Any) -> Settings:
     models = root / "models"
     for model_id in ("chest-xray-pneumonia", "brain-mri-tumor"):
         (models / model_id).mkdir(parents=True, exist_ok=True)
-        (models / model_id / "model.toml").write_text("# test manifest\n")
+        # The real manifests (the models page shows version and intended use); weights
+        # are whatever this machine has installed, which no page test relies on.
+        manifest = (REPO_MODELS / model_id / "model.toml").read_text(encoding="utf-8")
+        (models / model_id / "model.toml").write_text(manifest, encoding="utf-8")
     (root / "data" / "spool").mkdir(parents=True, exist_ok=True)
     return Settings.model_validate(
         {

@@ -223,12 +223,22 @@ def test_unknown_and_malformed_study(admin: TestClient, data: FixtureData) -> No
 
 def test_models_page(admin: TestClient, data: FixtureData) -> None:
     page = admin.get("/models").text
-    row = re.search(r"<td>chest-xray-pneumonia</td>.*?</tr>", page, re.S)
+    row = re.search(r"<td><strong>chest-xray-pneumonia</strong>.*?</tr>", page, re.S)
     assert row is not None
-    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
-    assert cells[:5] == ["chest-xray-pneumonia", "0.3.0", "chest", "1", "1"]
-    assert cells[5].startswith("1 (100 %)")
-    assert cells[6] == "0.4 s" and cells[7] == "0.4 s"
+    cells = [
+        re.sub(r"<[^>]+>", "", c).strip()
+        for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
+    ]
+    assert cells[0].startswith("chest-xray-pneumonia") and "Xception" in cells[0]
+    assert cells[1] == "0.3.0"
+    assert cells[2].split()[0] in ("present", "waiting")  # weights: installed or not here
+    assert cells[3] == (
+        "Research and demonstration only. Not for diagnostic use. "
+        "Frontal (AP/PA) chest radiographs of children."
+    )
+    assert cells[4:7] == ["chest", "1", "1"]
+    assert cells[7].startswith("1 (100 %)")
+    assert cells[8] == "0.4 s" and cells[9] == "0.4 s"
 
 
 def test_deliveries_page(admin: TestClient, viewer: TestClient, data: FixtureData) -> None:

@@ -55,4 +55,4 @@ def test_api_has_no_server_error(app: FastAPI, admin_token: str, data: FixtureDa
         check()
         tested.append(operation.label)
     assert "POST /api/studies/search" in tested
-    assert len(tested) == 9
+    assert len(tested) == 19
