@@ -9,6 +9,7 @@ patient data in log lines).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -42,12 +43,12 @@ from pydicom.uid import (
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import ConfigError, Settings
 from dicom_node.receive import pynetdicom_ext
+from dicom_node.receive.guard import PeerLog
 from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.index import IndexCache, InstanceMeta, index_instance
 from dicom_node.receive.meta import read_meta
@@ -55,6 +56,10 @@ from dicom_node.receive.spool import Spool, SpoolFullError
 from dicom_node.receive.statuses import Status, StoreRejectedError
 
 log = logging.getLogger(__name__)
+
+# How long stop() waits for the associations it aborts to end (their peers are not waited
+# on; a C-STORE handler still writing keeps its thread until it returns).
+STOP_TIMEOUT = 5.0
 
 
 # Transfer syntaxes we accept: uncompressed, deflated and every compressed syntax that our
@@ -87,6 +92,16 @@ assert set(TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES) | {
 def storage_sop_classes() -> list[str]:
     """Every storage SOP class pynetdicom knows (the standard's list, incl. retired ones)."""
     return sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
+
+
+def _ae_repr(value: Any) -> str:
+    """An AE title from the network for a log line: quoted and escaped (no control
+    characters reach the log), at most 16 characters as the standard allows."""
+    if value is None:
+        return "?"
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return repr(str(value).strip()[:16])
 
 
 @dataclass
@@ -125,7 +140,7 @@ class StoreSCP:
         self.spool = spool
         self.on_instance = on_instance
         self.stats = ReceiveStats()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: pynetdicom_ext.NodeAssociationServer | None = None
         # Study/series ids per association (a series usually arrives on one association);
         # weak keys, so an ended association's cache goes with it.
         self._caches: weakref.WeakKeyDictionary[Any, IndexCache] = weakref.WeakKeyDictionary()
@@ -133,6 +148,8 @@ class StoreSCP:
         # fsyncs run here, overlapped with the handler's CPU work (see _store); from start()
         # to stop(), inline otherwise.
         self._io: futures.ThreadPoolExecutor | None = None
+        # Every warning a peer causes goes through its host's budget (guard.PeerLog).
+        self.peer_log = PeerLog(log)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -140,9 +157,11 @@ class StoreSCP:
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.maximum_pdu_size = scp.max_pdu_size
         ae.network_timeout = scp.network_timeout
-        ae.acse_timeout = 30
+        ae.acse_timeout = scp.acse_timeout  # also the ARTIM timer
         ae.dimse_timeout = scp.network_timeout
-        ae.maximum_associations = 32
+        # The server refuses over these first (per host too); pynetdicom's own check of
+        # the total then never fires.
+        ae.maximum_associations = scp.max_associations
         ae.require_called_aet = scp.require_called_ae
         if scp.allowed_calling_aes:
             ae.require_calling_aet = list(scp.allowed_calling_aes)
@@ -152,7 +171,7 @@ class StoreSCP:
         return ae
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> ThreadedAssociationServer:
+    def start(self) -> pynetdicom_ext.NodeAssociationServer:
         """Install the receive path's pynetdicom extensions and start listening.
 
         Raises
@@ -181,12 +200,16 @@ class StoreSCP:
             evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=pynetdicom_ext.server_class(
                 allowed_hosts=self.settings.scp.allowed_hosts,
-                on_refused=self._host_refused,
+                max_associations=self.settings.scp.max_associations,
+                max_associations_per_host=self.settings.scp.max_associations_per_host,
+                on_refused=self._connection_refused,
                 on_message=self._message_arrived,
                 incoming_file=functools.partial(IncomingFile, self.spool.tmp),
+                peer_log=self.peer_log,
             ),
             request_handler=pynetdicom_ext.NodeRequestHandler,
         )
+        assert isinstance(server, pynetdicom_ext.NodeAssociationServer)
         thread = threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True)
         thread.start()
         self.ae._servers.append(server)  # so AE.shutdown() also stops it
@@ -205,10 +228,23 @@ class StoreSCP:
             return self.settings.scp.port
         return int(self._server.server_address[1])
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop listening, abort every association and close its connection.
+
+        Bounded whatever the peers do (a peer that stalls, trickles or floods is not waited
+        on): the listening socket closes first, then each association's DUL thread sends
+        an A-ABORT and closes its socket, and after ``timeout`` the node goes on. Senders
+        retry what had no answer; what was answered Success is on disk.
+        """
+        server = self._server
+        if server is not None:
             self._server = None
+            server.shutdown()
+            left = server.close_associations(timeout)
+            if left:
+                log.warning(
+                    "%d association(s) still ending after %g s; not waited on", left, timeout
+                )
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
@@ -223,18 +259,29 @@ class StoreSCP:
         log.info("association accepted from %s@%s", req.ae_title, req.address)
 
     def _handle_rejected(self, event: Event) -> None:
+        """One line per rejection, naming what the peer asked for (its A-ASSOCIATE-RQ's
+        called AE, not ours), who it claims to be and why we said no; bounded per host."""
         self.stats.add(rejected_associations=1)
-        req = event.assoc.requestor
-        log.warning(
-            "association rejected: calling AE %r from %s, called AE %r",
-            req.ae_title,
-            req.address,
-            event.assoc.acceptor.ae_title,
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        answer = assoc.acceptor.primitive
+        reason = "unknown reason"
+        if answer is not None:
+            with contextlib.suppress(Exception):  # never raise in a handler
+                reason = f"{answer.reason_str.lower()} ({answer.result_str.lower()})"
+        self.peer_log.warning(
+            str(assoc.requestor.address),
+            "association rejected: %s from %s asked for called AE %s: %s",
+            _ae_repr(getattr(request, "calling_ae_title", None)),
+            assoc.requestor.address,
+            _ae_repr(getattr(request, "called_ae_title", None)),
+            reason,
         )
 
-    def _host_refused(self, address: str) -> None:
+    def _connection_refused(self, address: str, reason: str) -> None:
+        """A connection closed at accept (host not allowed, association limits)."""
         self.stats.add(rejected_associations=1)
-        log.warning("connection from %s refused: host not allowed", address)
+        self.peer_log.warning(address, "connection from %s refused: %s", address, reason)
 
     def _background(self, fn: Callable[..., Any], *args: Any) -> futures.Future[Any]:
         """Run ``fn`` in the I/O pool; inline when there is none (node stopping)."""
