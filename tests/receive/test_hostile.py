@@ -227,6 +227,19 @@ def test_stalled_connections_keep_slots_for_other_peers(
     assert len(lines) == node.node.scp.peer_log.burst == 10, lines
 
 
+def test_a_connection_closed_before_its_request_frees_its_slot_at_once(start_node: Any) -> None:
+    """pynetdicom kept the acceptor thread (here: the slot) waiting for the A-ASSOCIATE-RQ
+    for the whole ACSE timeout (30 s) after the peer had gone; a port probe of a load
+    balancer does exactly that every few seconds."""
+    node = start_node()
+    assert node.settings.scp.acse_timeout == 30
+    limits = node.node.scp._server.limits
+    for _ in range(node.settings.scp.max_associations_per_host + 2):
+        raw_peer.connect(node.port).close()
+    assert _wait(lambda: limits.count() == 0, seconds=5)
+    assert _echo_ok(node.port, "127.0.0.1")
+
+
 def _associated_peer(node: Any, source: str) -> socket.socket:
     sock = raw_peer.associate(node.port, source)
     assert node.node.scp._server.limits.count(source) == 1
@@ -423,6 +436,7 @@ enabled = false
         proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli", "--config", str(config), "serve"],
             env=env,
+            cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

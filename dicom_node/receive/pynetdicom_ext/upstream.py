@@ -136,7 +136,13 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.dimse.DIMSEServiceProvider.send_msg",
         "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
-        "overridden by DirectResponseDIMSE, which must send what it would for a C-STORE-RSP",
+        "overridden by DirectResponseDIMSE, which must send what it would for a C-STORE-RSP "
+        "or a C-ECHO-RSP",
+    ),
+    Upstream(
+        "pynetdicom.service_class.VerificationServiceClass.SCP",
+        "d30d511f87d0268dd6013bb395c343029824b835024b70fcc7ca66088e8f787e",
+        "sends the C-ECHO response through send_msg, which DirectResponseDIMSE encodes",
     ),
     Upstream(
         "pynetdicom.dimse.DIMSEServiceProvider.maximum_pdu_size",
@@ -228,6 +234,18 @@ UPSTREAM: tuple[Upstream, ...] = (
         "pynetdicom.transport.ThreadedAssociationServer.shutdown_request",
         "9673c0ac3021d210ddb48376920ca1d6d0213f57d77157d0f7e063f156cb44b1",
         "overridden to free the slot of a connection whose handler never ran; socketserver's",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.process_request",
+        "38982c1475b097ae46eb82101dd43a99fab93a6d8fe9e142dfc87ad59f0ced8c",
+        "overridden to run process_request_thread in the accepting thread; socketserver's "
+        "ThreadingMixIn",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.process_request_thread",
+        "9e76e9b9c8a3d8b18bb1df7ac652c86f21b4aaaf39e10deca9312f91a7c21a8a",
+        "called inline by NodeAssociationServer.process_request: builds and starts the "
+        "association, closes the socket on error",
     ),
     Upstream(
         "pynetdicom.transport.ThreadedAssociationServer.service_actions",
