@@ -195,6 +195,12 @@ class ScpSettings(_Strict):
     require_called_ae: bool = True
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     network_timeout: float = Field(60, gt=0)
+    # ARTIM: how long a connection may take to deliver its whole A-ASSOCIATE-RQ.
+    acse_timeout: float = Field(30, gt=0)
+    # Association slots (each is two threads and up to max_pdu_size of buffer): in all,
+    # and per peer address, so one host cannot take them all.
+    max_associations: int = Field(32, ge=1, le=1000)
+    max_associations_per_host: int = Field(8, ge=1, le=1000)
     # A deflated dataset inflating past this is refused with 0xC210 (a decompression bomb).
     max_inflated_size: int = Field(256 * 1024 * 1024, ge=1024)
     tls: ScpTlsSettings = ScpTlsSettings()
@@ -215,6 +221,15 @@ class ScpSettings(_Strict):
             raise ValueError(
                 f"tls.port {tls.port} is also the plain port (scp.port): the TLS listener "
                 "needs its own port (2762 is registered for DICOM over TLS), or tls.only = true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _limits(self) -> ScpSettings:
+        if self.max_associations_per_host > self.max_associations:
+            raise ValueError(
+                f"max_associations_per_host ({self.max_associations_per_host}) is more than "
+                f"max_associations ({self.max_associations})"
             )
         return self
 

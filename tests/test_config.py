@@ -58,6 +58,16 @@ def test_port_out_of_range(tmp_path: Path) -> None:
     assert "scp.port" in message and "65535" in message
 
 
+def test_association_limits_are_validated(tmp_path: Path) -> None:
+    defaults = load_settings(environ={}).scp
+    assert (defaults.max_associations, defaults.max_associations_per_host) == (32, 8)
+    assert (defaults.acse_timeout, defaults.network_timeout) == (30, 60)
+    message = _error(tmp_path, "[scp]\nmax_associations = 4\nmax_associations_per_host = 5\n")
+    assert "scp" in message and "max_associations_per_host (5) is more than" in message
+    message = _error(tmp_path, "[scp]\nmax_associations_per_host = 0\n")
+    assert "scp.max_associations_per_host" in message
+
+
 def test_env_port_out_of_range_names_the_key() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"DICOM_NODE__SCP__PORT": "0"})

@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import ConfigError, Settings, cannot_listen
 from dicom_node.receive import pynetdicom_ext, refusals
+from dicom_node.receive.guard import PeerLog
 from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.index import IndexCache, InstanceMeta
 from dicom_node.receive.ingest import Claim, Ingestor, Origin, inline, refuse
@@ -60,6 +61,10 @@ from dicom_node.store.states import RefusalKind
 from dicom_node.tls import TlsConfigError, server_context
 
 log = logging.getLogger(__name__)
+
+# How long stop() waits for the associations it aborts to end (their peers are not waited
+# on; a C-STORE handler still writing keeps its thread until it returns).
+STOP_TIMEOUT = 5.0
 # A UID from the network is kept on a refusal only when it looks like one (PS3.5 9.1).
 _UID_RE = re.compile(r"^[0-9.]{1,64}$")
 
@@ -94,6 +99,16 @@ assert set(TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES) | {
 def storage_sop_classes() -> list[str]:
     """Every storage SOP class pynetdicom knows (the standard's list, incl. retired ones)."""
     return sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
+
+
+def _ae_repr(value: Any) -> str:
+    """An AE title from the network for a log line: quoted and escaped (no control
+    characters reach the log), at most 16 characters as the standard allows."""
+    if value is None:
+        return "?"
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return repr(str(value).strip()[:16])
 
 
 @dataclass
@@ -182,6 +197,8 @@ class StoreSCP:
         # to stop(), inline otherwise.
         self._io: futures.ThreadPoolExecutor | None = None
         self.ingestor = Ingestor(settings, sessions, spool, background=self._background)
+        # Every warning a peer causes goes through its host's budget (guard.PeerLog).
+        self.peer_log = PeerLog(log)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -189,9 +206,11 @@ class StoreSCP:
         ae = AE(ae_title=self.settings.node.ae_title)
         ae.maximum_pdu_size = scp.max_pdu_size
         ae.network_timeout = scp.network_timeout
-        ae.acse_timeout = 30
+        ae.acse_timeout = scp.acse_timeout  # also the ARTIM timer
         ae.dimse_timeout = scp.network_timeout
-        ae.maximum_associations = 32
+        # The server refuses over these first (per host too); pynetdicom's own check of
+        # the total then never fires.
+        ae.maximum_associations = scp.max_associations
         ae.require_called_aet = scp.require_called_ae
         if scp.allowed_calling_aes:
             ae.require_calling_aet = list(scp.allowed_calling_aes)
@@ -280,9 +299,12 @@ class StoreSCP:
                 evt_handlers=handlers,  # type: ignore[arg-type]
                 server_class=pynetdicom_ext.server_class(
                     allowed_hosts=scp.allowed_hosts,
-                    on_refused=self._host_refused,
+                    max_associations=scp.max_associations,
+                    max_associations_per_host=scp.max_associations_per_host,
+                    on_refused=self._connection_refused,
                     on_message=self._message_arrived,
                     incoming_file=functools.partial(IncomingFile, self.spool.tmp),
+                    peer_log=self.peer_log,
                     on_tls_refused=self._tls_refused,
                     tls_handshake_timeout=scp.tls.handshake_timeout,
                 ),
@@ -341,7 +363,14 @@ class StoreSCP:
             return self.settings.scp.tls.port
         return int(self._tls_server.server_address[1])
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop listening, abort every association and close its connection.
+
+        Bounded whatever the peers do (a peer that stalls, trickles or floods is not waited
+        on): the listening sockets close first, then each association's DUL thread sends
+        an A-ABORT and closes its socket, and after ``timeout`` the node goes on. Senders
+        retry what had no answer; what was answered Success is on disk.
+        """
         servers = self.listeners
         self._server = self._tls_server = None
         serving, self._acceptors = bool(self._acceptors), []
@@ -351,6 +380,15 @@ class StoreSCP:
             else:  # bound but never served: shutdown() would wait for serve_forever
                 server.server_close()
                 self.ae._servers.remove(server)
+        for server in servers:
+            if serving and isinstance(server, pynetdicom_ext.NodeAssociationServer):
+                left = server.close_associations(timeout)
+                if left:
+                    log.warning(
+                        "%d association(s) still ending after %g s; not waited on",
+                        left,
+                        timeout,
+                    )
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
@@ -402,11 +440,14 @@ class StoreSCP:
             getattr(rj, "result_source", None),
             getattr(rj, "diagnostic", None),
         )
-        log.warning(
-            "association rejected: calling AE %r from %s, called AE %r: %s",
-            calling,
+        # One line per rejection, naming what the peer asked for (its A-ASSOCIATE-RQ's
+        # called AE, not ours), who it claims to be and why we said no; bounded per host.
+        self.peer_log.warning(
             address,
-            called,
+            "association rejected: %s from %s asked for called AE %s: %s",
+            _ae_repr(calling),
+            address,
+            _ae_repr(called),
             meaning,
         )
         self.refusals.submit(
@@ -456,20 +497,19 @@ class StoreSCP:
                 len(state.series),
             )
 
-    def _host_refused(self, address: str) -> None:
+    def _connection_refused(self, address: str, reason: str) -> None:
+        """A connection closed at accept (host not allowed, association limits)."""
         self.stats.add(rejected_associations=1)
-        log.warning("connection from %s refused: host not allowed", address)
+        self.peer_log.warning(address, "connection from %s refused: %s", address, reason)
         self.refusals.submit(
-            RefusalKind.CONNECTION,
-            address=address,
-            meaning="host not allowed (not in scp.allowed_hosts); connection closed",
+            RefusalKind.CONNECTION, address=address, meaning=f"{reason}; connection closed"
         )
 
     def _tls_refused(self, address: str, reason: str) -> None:
         """A connection to the TLS port whose handshake failed: no certificate, one our CAs
         did not sign, plain DICOM, an old TLS version. One line, address and reason."""
         self.stats.add(rejected_associations=1)
-        log.warning("TLS connection from %s refused: %s", address, reason)
+        self.peer_log.warning(address, "TLS connection from %s refused: %s", address, reason)
 
     def _background(self, fn: Callable[..., Any], *args: Any) -> futures.Future[Any]:
         """Run ``fn`` in the I/O pool; inline when there is none (node stopping)."""

@@ -7,8 +7,8 @@ import io
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
 
 from dicom_node.receive.pynetdicom_ext import encoding as scp_encoding
@@ -51,8 +51,8 @@ def test_other_file_meta_goes_to_pydicom() -> None:
     assert ours.getvalue() == expected.getvalue()
 
 
-def _pynetdicom_rsp(primitive: C_STORE) -> bytes:
-    message = C_STORE_RSP()
+def _pynetdicom_rsp(primitive: C_STORE | C_ECHO) -> bytes:
+    message = C_STORE_RSP() if isinstance(primitive, C_STORE) else C_ECHO_RSP()
     message.primitive_to_message(primitive)
     return bytes(encode(message.command_set, True, True))
 
@@ -79,3 +79,16 @@ def test_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
     rsp.Status = 0xC000
     rsp.ErrorComment = "nope"
     assert scp_encoding.encode_c_store_rsp(rsp) is None
+
+
+@pytest.mark.parametrize("status", [0x0000, 0x0122, 0xC000])
+@pytest.mark.parametrize("message_id", [1, 2, 65535])
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.1.1", EVEN_UID])
+def test_c_echo_response_equals_pynetdicoms(status: int, message_id: int, sop_class: str) -> None:
+    rsp = C_ECHO()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = sop_class
+    rsp.Status = status
+    assert scp_encoding.encode_c_echo_rsp(rsp) == _pynetdicom_rsp(rsp)
+    rsp.ErrorComment = "nope"
+    assert scp_encoding.encode_c_echo_rsp(rsp) is None

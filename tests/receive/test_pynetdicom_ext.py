@@ -38,7 +38,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy import select
 
 from dicom_node.config import ConfigError
@@ -49,7 +49,6 @@ from dicom_node.receive.incoming import IncomingFile
 from dicom_node.receive.pynetdicom_ext.encoding import DirectResponseDIMSE
 from dicom_node.receive.pynetdicom_ext.reactors import EventDrivenAssociation, EventDrivenDUL
 from dicom_node.receive.pynetdicom_ext.transport import (
-    BulkRecvSocket,
     NodeAssociationServer,
     NodeRequestHandler,
 )
@@ -76,7 +75,6 @@ _SUBCLASSES = (
     (EventDrivenDUL, DULServiceProvider),
     (EventDrivenAssociation, Association),
     (DirectResponseDIMSE, DIMSEServiceProvider),
-    (BulkRecvSocket, AssociationSocket),
     (NodeRequestHandler, RequestHandler),
     (NodeAssociationServer, ThreadedAssociationServer),
 )

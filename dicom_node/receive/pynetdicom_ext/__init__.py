@@ -27,14 +27,17 @@ from pynetdicom import _config
 from pynetdicom import dimse_messages as _dimse_messages
 
 from dicom_node.receive.pynetdicom_ext import encoding
+from dicom_node.receive.pynetdicom_ext.reactors import cap_pynetdicom_logs
 from dicom_node.receive.pynetdicom_ext.transport import (
     INCOMING_FILE_ATTR,
+    NodeAssociationServer,
     NodeRequestHandler,
     server_class,
 )
 
 __all__ = [
     "SUPPORTED_PYNETDICOM",
+    "NodeAssociationServer",
     "NodeRequestHandler",
     "UnsupportedVersionError",
     "configure_pydicom",
@@ -113,6 +116,8 @@ def install() -> None:
         # The incoming file's File Meta, written with struct (byte-identical, tested).
         _dimse_messages.create_file_meta = encoding.create_file_meta  # type: ignore[assignment]
         _dimse_messages.write_file_meta_info = encoding.write_file_meta_info
+        # pynetdicom's own lines about the node's associations, under each peer's budget.
+        cap_pynetdicom_logs()
         _installed = True
 
 

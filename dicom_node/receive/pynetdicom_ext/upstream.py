@@ -73,12 +73,37 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.dul.DULServiceProvider._is_transport_event",
         "8725ed03bb8fbdefef249d5d9888c120e6277d7b6aa2c4f537e23027186e1253",
-        "reads only when the socket is ready, the readiness EventDrivenDUL selects on",
+        "overridden by EventDrivenDUL._is_transport_event: same Sta13 rule (close once "
+        "nothing is pending, here after a bounded drain), other states read without blocking",
     ),
     Upstream(
         "pynetdicom.dul.DULServiceProvider._read_pdu_data",
         "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
-        "reads a PDU as recv(6) then recv(length): BulkRecvSocket preallocates that length",
+        "replaced for plain sockets by EventDrivenDUL._dn_receive, which queues the same "
+        "events (Evt17 closed, Evt19 invalid, decoded PDU on _recv_pdu); still used for TLS",
+    ),
+    Upstream(
+        "pynetdicom.dul.DULServiceProvider.receive_pdu",
+        "fa67339834ca998cb31eb1806a854864200464b0a9991333d387aa419478c4e6",
+        "returns a None put on to_user_queue as it returns a timeout: how EventDrivenDUL "
+        "wakes an acceptor waiting for an A-ASSOCIATE-RQ that will not come",
+    ),
+    Upstream(
+        "pynetdicom.fsm.StateMachine.do_action",
+        "9a883f44c7f31641b7847b97b51a72abdd31a3c8a9d31031cae7f7d929383dd9",
+        "raises on an event invalid in the state: EventDrivenDUL drops such events in "
+        "Sta1/Sta13 (TRANSITION_TABLE) and late primitives once closing, and turns any "
+        "other raise into one line and an A-ABORT",
+    ),
+    Upstream(
+        "pynetdicom.fsm.AA_1",
+        "8495a4665f7ad3c96c426eb10dfd0ee6864e630d6e17918a3fd3393ec0b1781a",
+        "Evt19 before the association: sends the A-ABORT our refusals rely on, then Sta13",
+    ),
+    Upstream(
+        "pynetdicom.fsm.AA_8",
+        "06c83317f08831fd81094251174df02baf388a9863496370abbef6e327c9fb74",
+        "Evt19 in an association: A-ABORT, A-P-ABORT to the association thread, then Sta13",
     ),
     Upstream(
         "pynetdicom.association.Association._run_reactor",
@@ -93,7 +118,14 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.association.Association.run_reactor",
         "ed8bbbe3b3d6ddaee3e8673ba25b2ab2a4c45f25bc1d8ae7b48ebafd09499e6d",
-        "the acceptor thread's body: must reach self._run_reactor (ours after the switch)",
+        "the acceptor thread's body: must reach self._run_reactor (ours after the switch), "
+        "and end cleanly on a None from receive_pdu (EventDrivenDUL's wake-up)",
+    ),
+    Upstream(
+        "pynetdicom.association.Association.run",
+        "a161d0cc851c01c404d61fa420cb0e0b2ef6fab260623b65ead501c110eed311",
+        "threading's, overridden by EventDrivenAssociation.run to call on_end as the "
+        "thread ends (the connection's slot is freed there)",
     ),
     Upstream(
         "pynetdicom.association.Association._bind_defaults",
@@ -104,7 +136,13 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.dimse.DIMSEServiceProvider.send_msg",
         "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
-        "overridden by DirectResponseDIMSE, which must send what it would for a C-STORE-RSP",
+        "overridden by DirectResponseDIMSE, which must send what it would for a C-STORE-RSP "
+        "or a C-ECHO-RSP",
+    ),
+    Upstream(
+        "pynetdicom.service_class.VerificationServiceClass.SCP",
+        "d30d511f87d0268dd6013bb395c343029824b835024b70fcc7ca66088e8f787e",
+        "sends the C-ECHO response through send_msg, which DirectResponseDIMSE encodes",
     ),
     Upstream(
         "pynetdicom.dimse.DIMSEServiceProvider.maximum_pdu_size",
@@ -151,9 +189,10 @@ UPSTREAM: tuple[Upstream, ...] = (
     ),
     # -- transport.py: the socket, request handler and server ------------------------
     Upstream(
-        "pynetdicom.transport.AssociationSocket.recv",
-        "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
-        "overridden by BulkRecvSocket.recv, which keeps its contract",
+        "pynetdicom.transport.AssociationSocket.close",
+        "c726c8db53813d551475b8b4560634708a64c50bfe818fd2d1df1c06bdeec099",
+        "called by EventDrivenDUL after it closed the OS socket itself: sets socket to "
+        "None and queues Evt17",
     ),
     Upstream(
         "pynetdicom.transport.AssociationSocket.ready",
@@ -168,7 +207,23 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.transport.RequestHandler._create_association",
         "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
-        "overridden by NodeRequestHandler, which switches the new association it returns",
+        "overridden by NodeRequestHandler, which switches the new association it returns; "
+        "deep-copies server.contexts, which _SharedContexts makes a plain list copy",
+    ),
+    Upstream(
+        "pynetdicom.transport.RequestHandler.handle",
+        "034823fb4df3a87467bd0d45193f0d457fcf59c87fda8e97b2edfb89426f76dd",
+        "overridden by NodeRequestHandler.handle, which frees the slot if it raises",
+    ),
+    Upstream(
+        "pynetdicom.presentation.negotiate_as_acceptor",
+        "d5413f08f0ac7b32b2b95f629d88242be5785d4a37888a14c265e0c27452da05",
+        "only reads the acceptor's contexts, so associations may share the server's",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.__init__",
+        "edacb98bdfb7b9744194698d47fa51d4e2d5c9ed02ef5fb5181f381b31118423",
+        "sets self.contexts, which NodeAssociationServer wraps in _SharedContexts",
     ),
     Upstream(
         "pynetdicom.transport.ThreadedAssociationServer.get_request",
@@ -190,7 +245,29 @@ UPSTREAM: tuple[Upstream, ...] = (
     Upstream(
         "pynetdicom.transport.ThreadedAssociationServer.verify_request",
         "b7e67354b3bc518a64b0e4e18a90f39eaf810efb2e2b3460fff116136d4bd75e",
-        "overridden for the host allow-list; socketserver's (pynetdicom defines none)",
+        "overridden for the host allow-list and the association limits; socketserver's",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.shutdown_request",
+        "9673c0ac3021d210ddb48376920ca1d6d0213f57d77157d0f7e063f156cb44b1",
+        "overridden to free the slot of a connection whose handler never ran; socketserver's",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.process_request",
+        "38982c1475b097ae46eb82101dd43a99fab93a6d8fe9e142dfc87ad59f0ced8c",
+        "overridden to run process_request_thread in the accepting thread; socketserver's "
+        "ThreadingMixIn",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.process_request_thread",
+        "9e76e9b9c8a3d8b18bb1df7ac652c86f21b4aaaf39e10deca9312f91a7c21a8a",
+        "called inline by NodeAssociationServer.process_request: builds and starts the "
+        "association, closes the socket on error",
+    ),
+    Upstream(
+        "pynetdicom.transport.ThreadedAssociationServer.service_actions",
+        "0a0853a3615ac7c5260a57dcdc8b0e9908d655919b7d64737c89534869758873",
+        "overridden with nothing: its forced gc.collect() every 60 accept-loop passes",
     ),
 )
 
