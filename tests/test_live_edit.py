@@ -80,7 +80,7 @@ def _ct(folder: Path, name: str) -> Path:
     return path
 
 
-def _wait(predicate: Any, what: str, timeout: float = 60.0) -> None:
+def _wait(predicate: Any, what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

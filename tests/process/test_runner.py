@@ -16,6 +16,7 @@ from PIL import Image
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import select
 
+from dicom_node.process.heatmap import display_size
 from dicom_node.store.db import Delivery, Job, Result, Series
 from tests.dicom_files import pydicom_file
 from tests.dicom_validate import assert_dciodvfy_clean, assert_dsrdump_ok
@@ -112,10 +113,14 @@ def test_chest_job_results_rerun_and_late_instance(
     assert result.positive_probability == pytest.approx(result.probabilities["PNEUMONIA"])
     assert [s["sop_instance_uid"] for s in result.slice_scores] == [source.SOPInstanceUID]
     assert {"decode", "preprocess", "infer", "explain", "total"} <= set(result.timings)
-    # The admin page's picture is at display size; the SC below keeps the source's size.
+    # The admin page's picture is the SC's labelled picture at display size (longest side
+    # 1024, aspect kept); the SC itself keeps the source's pixel grid.
+    [sc_object] = [o for o in result.objects if o["kind"] == "sc"]
+    sc = pydicom.dcmread(sc_object["path"], stop_before_pixels=True)
+    rows, columns = display_size(int(sc.Rows), int(sc.Columns))
     with Image.open(result.heatmap_path) as picture:
         assert picture.format == "PNG"
-        assert picture.size == (round(source.Columns * 1024 / source.Rows), 1024)
+        assert picture.size == (columns, rows)
     kinds = sorted(o["kind"] for o in result.objects)
     assert kinds == ["sc", "sr:comprehensive3d"]
 

@@ -108,10 +108,13 @@ def test_route_command_prints_rule_and_reasons(
     garbage = tmp_path / "not-dicom.txt"
     garbage.write_text("hello")
     status = main(["--config", str(config), "route", str(ct), str(garbage)])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert status == 1  # one file was unreadable
     assert f"{ct}: routed: ct" in out
     assert "mr-brain: Modality='CT' does not match /^MR$/" in out
     assert "=> ct: models no model + forward -> pacs" in out
-    assert "not readable as DICOM" in out
+    # The unreadable file: one line on stderr naming it and what to give instead.
+    assert captured.err.count("\n") == 1
+    assert f"{garbage} is not a DICOM file" in captured.err
     assert pydicom.dcmread(ct).Modality == "CT"

@@ -251,8 +251,11 @@ class Trained:
 
 
 def _train_with_cli(arch: Architecture, data: Path, out: Path) -> None:
-    """Train through ``dicom-node train`` as an operator would."""
+    """Train through ``dicom-node train`` as an operator would (into an existing models
+    folder: ``train`` refuses an --out whose folder does not exist, before training)."""
     from dicom_node.cli import main
+
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     status = main(
         [
