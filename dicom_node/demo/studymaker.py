@@ -138,7 +138,8 @@ def jpeg_to_dicom(
     # exactly (PS3.3 C.11.2.1.2.1): the viewer shows the picture's own grey levels.
     ds.WindowCenter = 2 ** (bits_stored - 1)
     ds.WindowWidth = 2**bits_stored
-    ds.VOILUTFunction = "LINEAR"
+    # No VOILUTFunction: LINEAR is its default, and OHIF 3.13 (Cornerstone) misreads an
+    # explicit "LINEAR" and shows the image black ("Invalid VOI LUT function").
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW" if bits_allocated == 16 else "OB"
     return ds
