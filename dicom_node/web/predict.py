@@ -165,8 +165,7 @@ async def predict(request: Request, user: WebUser = Depends(api_uploader)) -> Re
         202: RESPONSES[202],
         401: RESPONSES[401],
         403: _problem("a role that may not read (sender)"),
-        404: _problem("unknown study"),
-        422: _problem("a series parameter that is not a UID"),
+        404: _problem("unknown study, or a series parameter that is not a UID"),
     },
     summary="Where the results of an upload stand",
 )
@@ -181,7 +180,7 @@ def prediction_status(
     ``series`` limits it to those series (the upload's); without it, every series of the
     study. Audited as a view of the study (it shows results)."""
     if series and not all(UID_RE.match(uid) for uid in series):
-        raise HTTPException(status_code=422, detail="series must be Series Instance UIDs")
+        raise HTTPException(status_code=404, detail="no such series (not a UID)")
     answer = prediction(db, study_uid, series or None)
     audit(
         db,

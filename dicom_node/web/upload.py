@@ -265,11 +265,7 @@ def _model_inputs(ctx: WebContext) -> dict[str, tuple[int, int]]:
     return {mid: (m.spec.input.height, m.spec.input.width) for mid, m in found.items()}
 
 
-def _check_size(
-    ctx: WebContext, name: str, rows: int, columns: int, decision: RouteDecision
-) -> None:
-    """Refuse an image smaller than the configured minimum or a model's input: a model
-    would only enlarge it, and a result from a thumbnail is no result."""
+def _check_minimum(ctx: WebContext, name: str, rows: int, columns: int) -> None:
     minimum = ctx.settings.upload.min_image_size
     if min(rows, columns) < minimum:
         raise UploadRefusedError(
@@ -277,6 +273,14 @@ def _check_size(
             f"image {name!r} is too small: {columns} x {rows} pixels, at least {minimum} "
             "on each side (upload.min_image_size)",
         )
+
+
+def _check_size(
+    ctx: WebContext, name: str, rows: int, columns: int, decision: RouteDecision
+) -> None:
+    """Refuse an image smaller than the configured minimum or a model's input: a model
+    would only enlarge it, and a result from a thumbnail is no result."""
+    _check_minimum(ctx, name, rows, columns)
     inputs = _model_inputs(ctx)
     for route in decision.routes:
         for model_id in route.models:
@@ -407,7 +411,11 @@ def _plan_picture(ctx: WebContext, part: Part, fields: dict[str, str], names: li
         picture = read_picture(path, max_pixels=ctx.settings.workers.max_frame_pixels)
     except PictureError as exc:
         raise UploadRefusedError(415 if exc.unsupported else 422, f"{name!r}: {exc}") from None
-    ds = capture_picture(picture, modality=modality, body_part=body_part, patient=patient)
+    _check_minimum(ctx, name, picture.rows, picture.columns)
+    try:
+        ds = capture_picture(picture, modality=modality, body_part=body_part, patient=patient)
+    except ValueError as exc:  # highdicom refusing what it cannot encode
+        raise UploadRefusedError(422, f"{name!r} cannot become a DICOM image: {exc}") from None
     decision = _route(ctx, ds, name)
     _check_size(ctx, name, picture.rows, picture.columns, decision)
     made = IncomingFile(ctx.spool.tmp)
