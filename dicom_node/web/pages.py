@@ -175,15 +175,15 @@ def study_progress(
     return JSONResponse(answer)
 
 
-@router.get("/studies/{study_uid}/series.html")
-def study_series(
+@router.get("/studies/{study_uid}/live.html")
+def study_live(
     request: Request,
     study_uid: str,
     user: WebUser = Depends(page_user),
     db: Session = Depends(get_db),
 ) -> Response:
-    """The series part of the study page, for the page to swap in when its progress
-    changed (results, heatmap, PDF link); audited as a view of the study."""
+    """The live part of the study page (series, results, deliveries, timeline), for the
+    page to swap in when its progress changed; audited as a view of the study."""
     _check_uid(study_uid)
     info = detail.study_detail(db, study_uid)
     audit(
@@ -197,7 +197,7 @@ def study_series(
     )
     if info is None:
         raise HTTPException(status_code=404, detail="no such study")
-    return render(request, "_study_series.html", {"study": info}, fragment=True)
+    return render(request, "_study_live.html", {"study": info}, fragment=True)
 
 
 @router.get("/models")

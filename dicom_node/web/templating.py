@@ -107,6 +107,7 @@ def render(
         "csrf_token": csrf.ensure_token(request.session),
         "messages": [] if fragment else request.session.pop(FLASH_KEY, []),
         "nav": request.url.path,
+        "upload_enabled": request.app.state.web.settings.upload.enabled,
         **(context or {}),
     }
     return templates.TemplateResponse(request, name, full, status_code=status_code)

@@ -238,7 +238,7 @@ def test_page_upload_goes_to_the_study_page_with_its_route(door: Door, uploader:
     assert '<script src="/static/live.js" defer></script>' in page.text
     progress = client.get(f"/studies/{study_uid}/progress.json").json()
     assert progress["pending"] is True and len(progress["version"]) == 16
-    fragment = client.get(f"/studies/{study_uid}/series.html")
+    fragment = client.get(f"/studies/{study_uid}/live.html")
     assert fragment.status_code == 200 and "<html" not in fragment.text
     assert "queued" in fragment.text
     with door.sessions() as session:
