@@ -119,7 +119,7 @@ def token_problem(request: Request) -> str:
     return str(getattr(request.state, "token_problem", ""))
 
 
-def _identified_user(request: Request, db: Session) -> WebUser | None:
+def identified_user(request: Request, db: Session) -> WebUser | None:
     """Bearer token if the request has an Authorization header (then only it), else session."""
     if request.headers.get("authorization"):
         return bearer_user(request, db)
@@ -128,7 +128,7 @@ def _identified_user(request: Request, db: Session) -> WebUser | None:
 
 def optional_user(request: Request, db: Session) -> WebUser | None:
     """The user, if any, who may read: a ``sender`` token counts as anonymous here."""
-    user = _identified_user(request, db)
+    user = identified_user(request, db)
     return user if user is not None and user.can_read else None
 
 
@@ -152,7 +152,11 @@ def page_admin(user: WebUser = Depends(page_user)) -> WebUser:
 
 def api_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
     """A user for the API (bearer token or session); 401 otherwise, 403 for a sender."""
-    user = _identified_user(request, db)
+    return api_reader(request, identified_user(request, db))
+
+
+def api_reader(request: Request, user: WebUser | None) -> WebUser:
+    """``user`` if it may read the API; the 401 / 403 of :func:`api_user` otherwise."""
     if user is None:
         problem = token_problem(request)
         raise HTTPException(

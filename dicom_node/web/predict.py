@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dicom_node.web import upload
 from dicom_node.web.audit import audit
-from dicom_node.web.auth import WebUser, api_user
+from dicom_node.web.auth import WebUser, api_reader, api_user, identified_user, token_problem
 from dicom_node.web.context import WebContext, get_context, get_db
 from dicom_node.web.pages import UID_PATTERN, UID_RE
 from dicom_node.web.prediction import PredictAnswer, prediction
@@ -104,9 +104,31 @@ router = APIRouter(prefix="/api", tags=["predict"])
 UidPath = Annotated[str, Path(pattern=UID_PATTERN, description="Study Instance UID")]
 
 
-def api_uploader(user: WebUser = Depends(api_user)) -> WebUser:
-    """A token (or session) user who may upload; 403 otherwise."""
+def api_uploader(request: Request, db: Session = Depends(get_db)) -> WebUser:
+    """A token (or session) user who may upload; 401 / 403 otherwise, audited as refused
+    uploads (a script with a stale token shows in the audit log, not only in its own)."""
+    who = identified_user(request, db)
+    try:
+        user = api_reader(request, who)
+    except HTTPException as exc:
+        audit(
+            db,
+            request,
+            who.username if who is not None else "",
+            "predict",
+            success=False,
+            detail={"status": exc.status_code, "reason": token_problem(request), "via": "api"},
+        )
+        raise
     if not user.can_upload:
+        audit(
+            db,
+            request,
+            user.username,
+            "predict",
+            success=False,
+            detail={"status": 403, "reason": f"role {user.role}", "via": "api"},
+        )
         raise HTTPException(
             status_code=403, detail=f"role {user.role} may not upload (uploader or admin)"
         )

@@ -570,6 +570,11 @@ async def handle(request: Request, user: WebUser, *, via: str) -> UploadOutcome:
             refused = UploadRefusedError(exc.status_code, str(exc.detail))
             await run_in_threadpool(_audit_refused, request, user, action, via, refused)
             raise
+        except Exception as exc:  # a bug: still audited, answered 500, nothing left behind
+            failed = UploadRefusedError(500, f"internal error: {type(exc).__name__}")
+            await run_in_threadpool(_audit_refused, request, user, action, via, failed)
+            log.exception("upload from %s failed", client_address(request))
+            raise
     finally:
         receiver_parts = getattr(request.state, "upload_receiver", None)
         parts = receiver_parts.parts if receiver_parts is not None else []

@@ -261,6 +261,14 @@ def test_viewer_and_sender_may_not_upload(
     for token, reason in ((viewer_token, "role viewer may not upload"), (sender, "may only store")):
         response = door.predict(token, picture_part(png(200, 200), "x.png", "image/png"))
         assert response.status_code == 403 and reason in response.json()["detail"]
+    refused = door.audits("predict")
+    assert [(e.username, e.detail["status"], e.success) for e in refused] == [
+        ("victor", 403, False),
+        ("modality", 403, False),
+    ]
+    anonymous = door.client.post("/api/predict", files=picture_part(png(200, 200)))
+    assert anonymous.status_code == 401
+    assert door.audits("predict")[-1].username == ""
     viewer = log_in(TestClient(door.app, follow_redirects=False), "victor", "viewer-password-1")
     assert viewer.get("/upload").status_code == 403
     assert "/upload" not in viewer.get("/studies").text  # no Upload link for a viewer
