@@ -446,6 +446,38 @@ class DicomwebSettings(_Strict):
     _ae = field_validator("calling_ae")(_check_ae)
 
 
+class UploadSettings(_Strict):
+    """The upload door on the admin app's address: the upload page and ``POST /api/predict``
+    (``dicom_node.web.upload``), for users with the role ``uploader`` or ``admin``."""
+
+    enabled: bool = True
+    # One uploaded file (a DICOM file or a picture) larger than this refuses the request
+    # whole (413), nothing stored; counted while it streams.
+    max_file_size: int = Field(512 * 1024**2, ge=1024)
+    # The whole request body: declared (Content-Length) before anything is read, or
+    # counted while it streams.
+    max_request_size: int = Field(2 * 1024**3, ge=1024)
+    # Files in one upload; more is refused whole (413).
+    max_files: int = Field(1000, ge=1, le=100_000)
+    # Pictures and DICOM images with fewer rows or columns are refused (422), as are any
+    # smaller than the input of a model their route runs: a model would only enlarge them.
+    min_image_size: int = Field(64, ge=1, le=4096)
+    # Seconds POST /api/predict waits for the result before it answers 202 with a link
+    # to poll; 0 answers at once.
+    predict_timeout: float = Field(60, ge=0, le=3600)
+    # The calling AE title recorded for uploaded instances: routes (CallingAETitle) can
+    # match it like a DIMSE sender's AE title; the user is in the events.
+    calling_ae: str = "UPLOAD"
+
+    _ae = field_validator("calling_ae")(_check_ae)
+
+    @model_validator(mode="after")
+    def _file_fits_request(self) -> UploadSettings:
+        if self.max_file_size > self.max_request_size:
+            raise ValueError("max_file_size must not be larger than max_request_size")
+        return self
+
+
 @dataclass(frozen=True)
 class ConfigOrigin:
     """Where settings were read from, for the admin page's editor.
@@ -470,6 +502,7 @@ class Settings(_Strict):
     routes: tuple[Route, ...] = ()
     web: WebSettings = WebSettings()
     dicomweb: DicomwebSettings = DicomwebSettings()
+    upload: UploadSettings = UploadSettings()
     # Where the settings came from, for messages; not a configuration key.
     source: str = Field("<defaults>", exclude=True)
     # The file and what overrode it (``load_settings``); not a key either, hence private.

@@ -18,3 +18,6 @@ NOT_FOR_DIAGNOSTIC_USE = (
     "results must not be used for clinical decisions."
 )
 NOT_FOR_DIAGNOSTIC_USE_SHORT = "NOT FOR DIAGNOSTIC USE"
+# Manufacturer's Model Name of the Secondary Capture an uploaded picture becomes: ours,
+# but not that of the results, so routing takes it (``route.rules.is_own_object``).
+UPLOAD_MODEL_NAME = "dicom-node picture upload"

@@ -195,7 +195,17 @@ class Node:
     def _start_web(self, sock: socket.socket) -> None:
         from dicom_node.web.server import start_web
 
-        self._web = start_web(self.live, self.sessions, None, self.status, sock=sock)
+        # An upload is routed in the web request, as completion routes a series: with the
+        # same weights known, and the workers woken for its jobs.
+        self._web = start_web(
+            self.live,
+            self.sessions,
+            None,
+            self.status,
+            sock=sock,
+            model_available=self.model_available,
+            on_queued=self.jobs_queued.ring,
+        )
 
     def _spawn_worker(self, name: str) -> None:
         ctx = mp.get_context("spawn")

@@ -63,6 +63,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     token.add_argument("username")
     token.add_argument("--name", default="", help="a label for the token")
     token.add_argument("--revoke", action="store_true", help="revoke all the user's tokens")
+    token.add_argument(
+        "--expires-in",
+        type=float,
+        metavar="DAYS",
+        help="the token ends by itself after DAYS days (may be a fraction); "
+        "default: valid until revoked",
+    )
     return parser
 
 
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 last = (
                     user.last_login_at.isoformat(timespec="seconds") if user.last_login_at else "-"
                 )
-                print(f"{user.username:<24} {user.role:<7} {state:<9} last login {last}")
+                print(f"{user.username:<24} {user.role:<8} {state:<9} last login {last}")
         elif action == "disable":
             users.disable_user(sessions, args.username)
             _audit(sessions, "user_disable", args.username)
@@ -155,9 +162,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 _audit(sessions, "token_revoke", args.username, {"count": count})
                 print(f"{count} token(s) of {args.username} revoked")
             else:
-                token = users.create_token(sessions, args.username, args.name)
-                _audit(sessions, "token_create", args.username, {"name": args.name[:64]})
-                print(token)
+                token = users.create_token(
+                    sessions, args.username, args.name, expires_in_days=args.expires_in
+                )
+                expires = users.token_expiry(sessions, token)
+                when = expires.isoformat(timespec="seconds") if expires else None
+                _audit(
+                    sessions,
+                    "token_create",
+                    args.username,
+                    {"name": args.name[:64], "expires_at": when},
+                )
+                print(token)  # alone on stdout: TOKEN=$(dicom-node users token NAME)
+                if when:
+                    print(f"the token expires at {when} UTC", file=sys.stderr)
         else:  # pragma: no cover - argparse rejects other values
             print(f"unknown users action {action!r}", file=sys.stderr)
             return 2

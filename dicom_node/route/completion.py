@@ -139,12 +139,15 @@ def complete_due_series(
 
 @dataclass(frozen=True, order=True)
 class ReleaseNotice:
-    """A series whose association was released cleanly, waiting for its grace to end."""
+    """A series whose sender said it is whole, waiting for its grace to end: an
+    association released cleanly (``policy`` "release"), or an upload that ended
+    (``policy`` "upload", no grace: the upload's request held every instance)."""
 
     due: dt.datetime
     series_uid: str
     released_at: dt.datetime = field(compare=False)
     calling_ae: str = field(compare=False)
+    policy: str = field(default="release", compare=False)
 
 
 def release_notices(
@@ -178,7 +181,8 @@ def complete_released_series(
     model_available: Callable[[str], bool] = lambda _m: True,
     on_queued: Callable[[], None] | None = None,
 ) -> int:
-    """Complete and route the series of released associations; returns how many.
+    """Complete and route the series of released associations (or ended uploads);
+    returns how many.
 
     A series is claimed only if it is still receiving and nothing of it arrived after the
     release; otherwise it stays with the quiet period (an event says why when it is still
@@ -201,7 +205,7 @@ def complete_released_series(
             notice.released_at,
             now,
             model_available,
-            policy="release",
+            policy=notice.policy,
             on_queued=on_queued,
             calling_ae=notice.calling_ae,
             grace_seconds=round(grace, 3),
@@ -209,9 +213,44 @@ def complete_released_series(
             done += 1
         else:
             _record_kept_open(
-                sessions, notice.series_uid, "an instance arrived after the release", notice
+                sessions,
+                notice.series_uid,
+                f"an instance arrived after the {notice.policy}",
+                notice,
             )
     return done
+
+
+def complete_uploaded_series(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    series_uids: Iterable[str],
+    *,
+    uploaded_at: dt.datetime,
+    calling_ae: str,
+    model_available: Callable[[str], bool] = lambda _m: True,
+    on_queued: Callable[[], None] | None = None,
+) -> int:
+    """Complete and route the series of an upload that has ended; returns how many.
+
+    An upload (the upload page, ``POST /api/predict``) is a sender that says when it is
+    done: every instance was in the one request, so its series are treated like those of
+    a clean release with no grace, instead of waiting for the quiet period. The same
+    claim applies: a series that got an instance after ``uploaded_at`` (from another
+    sender) stays with the quiet period. ``uploaded_at`` must be taken after the last
+    instance of the upload was indexed.
+    """
+    notices = [
+        ReleaseNotice(uploaded_at, uid, uploaded_at, calling_ae, policy="upload")
+        for uid in sorted(set(series_uids))
+    ]
+    return complete_released_series(
+        sessions,
+        settings,
+        notices,
+        model_available=model_available,
+        on_queued=on_queued,
+    )
 
 
 def _record_kept_open(

@@ -326,7 +326,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
-    role: Mapped[str] = mapped_column(String(16), default="viewer")  # admin viewer
+    role: Mapped[str] = mapped_column(String(16), default="viewer")  # store.users.ROLES
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -339,6 +339,8 @@ class ApiToken(Base):
 
     Only a SHA-256 of the token is stored: tokens are 256-bit random strings, so a fast hash
     is enough (no dictionary to attack) and lets a request be checked with one index lookup.
+    ``expires_at`` (migration 0007, UTC) ends a token without anyone revoking it; None:
+    valid until revoked.
     """
 
     __tablename__ = "api_token"
@@ -350,6 +352,7 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     user: Mapped[User] = relationship()
 

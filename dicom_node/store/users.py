@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -21,12 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.db import ApiToken, User, utcnow
 
-ROLES = ("admin", "viewer", "sender")
+ROLES = ("admin", "viewer", "uploader", "sender")
 # Who may read the pages and the JSON API (patient data), and who may store studies over
 # DICOMweb (STOW-RS). A ``sender`` is a machine account (a modality, a PACS, a script):
 # it stores with an API token and can neither log in nor read anything.
-READ_ROLES = frozenset({"admin", "viewer"})
+READ_ROLES = frozenset({"admin", "viewer", "uploader"})
 STORE_ROLES = frozenset({"admin", "sender"})
+# Who may upload files or a picture for a prediction (the upload page, ``POST
+# /api/predict``): a person (or a script with their token) who reads the result too. An
+# ``uploader`` is a viewer who may also upload; a viewer only looks, a sender only stores.
+UPLOAD_ROLES = frozenset({"admin", "uploader"})
+# The longest expiry ``create_token`` accepts: ten years is "no expiry", say so instead.
+MAX_TOKEN_DAYS = 3650
 MIN_PASSWORD_LENGTH = 8
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _HASHER = PasswordHasher()
@@ -208,19 +215,56 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(sessions: sessionmaker[Session], username: str, name: str = "") -> str:
+def create_token(
+    sessions: sessionmaker[Session],
+    username: str,
+    name: str = "",
+    *,
+    expires_in_days: float | None = None,
+) -> str:
     """Make an API token for an active user and return it; only its hash is stored.
 
     The token is shown once: a lost token is revoked and replaced, never recovered.
+    ``expires_in_days`` makes it end by itself that many days from now (a script's token
+    that nobody remembers to revoke); None: valid until revoked.
+
+    Raises
+    ------
+    UserError
+        Unknown or disabled user, or an expiry that is not between a minute and
+        ``MAX_TOKEN_DAYS`` days.
     """
+    expires_at = None
+    if expires_in_days is not None:
+        if not 1 / (24 * 60) <= expires_in_days <= MAX_TOKEN_DAYS:
+            raise UserError(
+                f"--expires-in must be between 0.001 and {MAX_TOKEN_DAYS} days "
+                f"(got {expires_in_days:g}); leave it out for a token valid until revoked"
+            )
+        expires_at = utcnow() + dt.timedelta(days=expires_in_days)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with sessions() as session:
         user = _get(session, username)
         if not user.active:
             raise UserError(f"user {username!r} is disabled")
-        session.add(ApiToken(user_id=user.id, token_hash=_token_hash(token), name=name[:64]))
+        session.add(
+            ApiToken(
+                user_id=user.id,
+                token_hash=_token_hash(token),
+                name=name[:64],
+                expires_at=expires_at,
+            )
+        )
         session.commit()
     return token
+
+
+def token_expiry(sessions: sessionmaker[Session], token: str) -> dt.datetime | None:
+    """When a token ends (UTC), None when it does not (or is unknown)."""
+    with sessions() as session:
+        return session.scalar(
+            select(ApiToken.expires_at).where(ApiToken.token_hash == _token_hash(token))
+        )
 
 
 def revoke_tokens(sessions: sessionmaker[Session], username: str) -> int:
@@ -236,17 +280,48 @@ def revoke_tokens(sessions: sessionmaker[Session], username: str) -> int:
         return int(result.rowcount or 0)
 
 
-def user_for_token(session: Session, token: str) -> User | None:
-    """The active user owning a non-revoked token, or None; records the token's last use."""
+@dataclass(frozen=True)
+class TokenCheck:
+    """The answer to a bearer token: its user, or why there is none.
+
+    ``reason`` is for the 401 answer (the caller's own token, so saying "expired" tells
+    them nothing they could not know and saves a support call); it never names the user.
+    """
+
+    user: User | None
+    reason: str = ""
+
+
+def check_token(session: Session, token: str) -> TokenCheck:
+    """The active user owning a valid token; records the token's last use.
+
+    A token is refused when it is unknown, revoked, past its ``expires_at``, or its user
+    is disabled.
+    """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        return None
+        return TokenCheck(None, "not an API token of this node")
     row = session.scalar(
         select(ApiToken).where(
             ApiToken.token_hash == _token_hash(token), ApiToken.revoked.is_(False)
         )
     )
-    if row is None or not row.user.active:
-        return None
-    row.last_used_at = utcnow()
+    if row is None:
+        return TokenCheck(None, "unknown or revoked API token")
+    now = utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        when = row.expires_at.isoformat(sep=" ", timespec="minutes")
+        return TokenCheck(
+            None,
+            f"API token expired at {when} UTC; ask an administrator for a new one "
+            "(dicom-node users token NAME --expires-in DAYS)",
+        )
+    if not row.user.active:
+        return TokenCheck(None, "the API token's user is disabled")
+    row.last_used_at = now
     session.commit()
-    return row.user
+    return TokenCheck(row.user)
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The active user owning a valid token, or None (see :func:`check_token`)."""
+    return check_token(session, token).user

@@ -13,8 +13,16 @@ Patient data in URLs
     the session (``filters``); page, sort and direction stay in the query string. The API's
     free-text search is ``POST /api/studies/search``. Access logs therefore hold no names.
 Roles
-    ``viewer`` sees studies, models and deliveries; ``admin`` also sees the audit log and may
-    retry deliveries, re-run studies and download CSV/JSON. Refused attempts are audited.
+    ``viewer`` sees studies, models and deliveries; ``uploader`` is a viewer who may also
+    upload (the upload page, ``POST /api/predict``); ``admin`` also sees the audit log and
+    may upload, retry deliveries, re-run studies and download CSV/JSON; ``sender`` only
+    stores over STOW-RS. Refused attempts are audited.
+Uploads
+    ``upload`` streams the form into the spool (``formdata``), checks everything before
+    anything is stored, ingests through ``receive.ingest`` and completes the upload's
+    series at once (its end is the sender saying "done"). The study page then refreshes
+    its live part from ``/studies/{uid}/progress.json`` with ``static/live.js``, the only
+    script (CSP ``script-src 'self'``). API tokens may expire (migration 0007).
 Audit
     Logins (successful, failed, rate-limited), logouts, every studies-list view with its
     filter, every study view (page and API), PDF downloads, exports and actions, with user,

@@ -2,13 +2,15 @@
 
 Layers, outermost first: security headers on every response; the signed session cookie;
 an app-wide CSRF check on every unsafe request; then the routers (login, pages, admin
-operations, JSON API, health and metrics, and the DICOMweb door ``/dicomweb``). Every route
-except ``/login``, ``/healthz``, ``/metrics`` (see ``system``) and the static stylesheet
-needs a user; ``/dicomweb`` takes only bearer tokens (``stow``).
+operations, JSON API, health and metrics, the DICOMweb door ``/dicomweb`` and the upload
+door ``/upload`` + ``/api/predict``). Every route except ``/login``, ``/healthz``,
+``/metrics`` (see ``system``) and the static files needs a user; ``/dicomweb`` takes
+only bearer tokens (``stow``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -21,7 +23,19 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from dicom_node.config import LiveSettings, Settings
 from dicom_node.receive.spool import Spool
-from dicom_node.web import api, console_pages, editor, login, operations, pages, stow, system
+from dicom_node.route.waits import model_availability
+from dicom_node.web import (
+    api,
+    console_pages,
+    editor,
+    login,
+    operations,
+    pages,
+    predict,
+    stow,
+    system,
+    upload_pages,
+)
 from dicom_node.web.actions import DefaultActions, WebActions
 from dicom_node.web.audit import audit
 from dicom_node.web.auth import AdminRequiredError, LoginRequiredError
@@ -76,6 +90,8 @@ def create_app(
     *,
     actions: WebActions | None = None,
     status: StatusFn | None = None,
+    model_available: Callable[[str], bool] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the admin application.
 
@@ -93,6 +109,10 @@ def create_app(
         Called by ``/healthz`` and ``/metrics`` for live node state: a dict with
         ``scp_listening``, ``models``, ``workers_alive`` and optionally ``receive``
         (``instances``, ``bytes``, ``associations``).
+    model_available, on_queued
+        The node's: which models have weights (an upload is routed as completion routes
+        a series), and the workers' doorbell, rung when an upload queued jobs. Default:
+        the weights found in ``models_dir`` now, and no doorbell (the workers' poll).
     """
     live = LiveSettings.of(settings)
     web = live.current.web
@@ -123,6 +143,8 @@ def create_app(
         health=TtlValue(web.health_cache_seconds),
         spool=Spool(live.current.spool_dir),
         editor=ConfigEditor(live),
+        model_available=model_available or model_availability(live.current),
+        on_queued=on_queued,
     )
     app.add_middleware(
         SessionMiddleware,
@@ -141,4 +163,7 @@ def create_app(
         app.include_router(module.router)
     if live.current.dicomweb.enabled:
         app.include_router(stow.router)
+    if live.current.upload.enabled:
+        app.include_router(upload_pages.router)
+        app.include_router(predict.router)
     return app

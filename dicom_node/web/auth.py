@@ -45,6 +45,11 @@ class WebUser:
         """The STOW-RS door (``web.stow``)."""
         return self.role in users.STORE_ROLES
 
+    @property
+    def can_upload(self) -> bool:
+        """The upload page and ``POST /api/predict`` (``web.upload``)."""
+        return self.role in users.UPLOAD_ROLES
+
     @classmethod
     def of(cls, user: User) -> WebUser:
         return cls(id=user.id, username=user.username, role=user.role)
@@ -95,15 +100,26 @@ def session_user(request: Request, db: Session) -> WebUser | None:
 
 
 def bearer_user(request: Request, db: Session) -> WebUser | None:
+    """The user of the request's bearer token; when there is none, why is kept for the
+    401 answer (:func:`token_problem`)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        request.state.token_problem = "no Authorization: Bearer token"
         return None
-    user = users.user_for_token(db, token.strip())
-    return WebUser.of(user) if user is not None else None
+    check = users.check_token(db, token.strip())
+    if check.user is None:
+        request.state.token_problem = check.reason
+        return None
+    return WebUser.of(check.user)
 
 
-def _identified_user(request: Request, db: Session) -> WebUser | None:
+def token_problem(request: Request) -> str:
+    """Why the request's bearer token was refused ("" when none was checked)."""
+    return str(getattr(request.state, "token_problem", ""))
+
+
+def identified_user(request: Request, db: Session) -> WebUser | None:
     """Bearer token if the request has an Authorization header (then only it), else session."""
     if request.headers.get("authorization"):
         return bearer_user(request, db)
@@ -112,7 +128,7 @@ def _identified_user(request: Request, db: Session) -> WebUser | None:
 
 def optional_user(request: Request, db: Session) -> WebUser | None:
     """The user, if any, who may read: a ``sender`` token counts as anonymous here."""
-    user = _identified_user(request, db)
+    user = identified_user(request, db)
     return user if user is not None and user.can_read else None
 
 
@@ -136,11 +152,17 @@ def page_admin(user: WebUser = Depends(page_user)) -> WebUser:
 
 def api_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
     """A user for the API (bearer token or session); 401 otherwise, 403 for a sender."""
-    user = _identified_user(request, db)
+    return api_reader(request, identified_user(request, db))
+
+
+def api_reader(request: Request, user: WebUser | None) -> WebUser:
+    """``user`` if it may read the API; the 401 / 403 of :func:`api_user` otherwise."""
     if user is None:
+        problem = token_problem(request)
         raise HTTPException(
             status_code=401,
-            detail="authentication required (session or Authorization: Bearer token)",
+            detail="authentication required (session or Authorization: Bearer token)"
+            + (f": {problem}" if problem else ""),
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not user.can_read:

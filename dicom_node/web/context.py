@@ -48,6 +48,10 @@ class WebContext:
     spool: Spool
     # edits of routes and destinations in the configuration file (one at a time)
     editor: ConfigEditor
+    # which models have weights (routing an upload, as completion does; ``web.upload``)
+    model_available: Callable[[str], bool]
+    # wakes a worker when an upload's series queued jobs (None: the workers' poll finds them)
+    on_queued: Callable[[], None] | None = None
 
     @property
     def settings(self) -> Settings:

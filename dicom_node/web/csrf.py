@@ -26,6 +26,10 @@ FIELD = "csrf_token"
 HEADER = "x-csrf-token"
 # Doors that authenticate by bearer token only (see ``web.stow``).
 NO_SESSION_PREFIX = "/dicomweb/"
+# Uploads whose form the handler streams itself (``web.upload``): parsing it here would
+# read every file before the handler could bound it. Without the header, the token is
+# checked by the handler from the form's field, before anything is stored (``verify``).
+STREAMED_FORMS = frozenset({"/upload", "/api/predict"})
 
 
 def ensure_token(session: dict[str, Any]) -> str:
@@ -49,8 +53,10 @@ async def csrf_protect(request: Request) -> None:
         or request.url.path.startswith(NO_SESSION_PREFIX)
     ):
         return
-    expected = request.session.get(SESSION_KEY)
     sent = request.headers.get(HEADER, "")
+    if not sent and request.url.path in STREAMED_FORMS:
+        request.state.csrf_deferred = True
+        return
     if not sent:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
@@ -60,6 +66,12 @@ async def csrf_protect(request: Request) -> None:
             form = await request.form()
             value = form.get(FIELD)
             sent = value if isinstance(value, str) else ""
+    verify(request, sent)
+
+
+def verify(request: Request, sent: str) -> None:
+    """Refuse (403) when ``sent`` is not the session's CSRF token."""
+    expected = request.session.get(SESSION_KEY)
     if (
         not isinstance(expected, str)
         or not expected

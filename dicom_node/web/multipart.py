@@ -54,6 +54,11 @@ class Part:
     size: int = 0
     error: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # multipart/form-data (``web.formdata``): the field name, the file name a file part
+    # was sent with (None: a plain field), and a plain field's value.
+    name: str = ""
+    filename: str | None = None
+    value: bytearray = field(default_factory=bytearray)
 
     @property
     def path(self) -> Path | None:
@@ -83,6 +88,8 @@ class PartsReceiver:
         beyond them :class:`BodyRefusedError` 413.
     background
         Runs each part's fsync (a disk barrier) while the next part arrives.
+    bytes_setting, parts_setting
+        The settings named in the 413 reasons.
     """
 
     def __init__(
@@ -93,11 +100,15 @@ class PartsReceiver:
         max_bytes: int,
         max_parts: int,
         background: Callable[..., futures.Future[Any]],
+        bytes_setting: str = "dicomweb.max_request_size",
+        parts_setting: str = "dicomweb.max_instances",
     ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         self.max_parts = max_parts
         self.background = background
+        self.bytes_setting = bytes_setting
+        self.parts_setting = parts_setting
         self.parts: list[Part] = []
         self.received = 0
         self.ended = False
@@ -135,8 +146,7 @@ class PartsReceiver:
         self.received += len(chunk)
         if self.received > self.max_bytes:
             raise BodyRefusedError(
-                413,
-                f"request body larger than {self.max_bytes} bytes (dicomweb.max_request_size)",
+                413, f"request body larger than {self.max_bytes} bytes ({self.bytes_setting})"
             )
         if self.ended or not chunk:
             return  # the epilogue after the closing boundary is ignored (RFC 2046)
@@ -181,7 +191,7 @@ class PartsReceiver:
     def _part_begin(self) -> None:
         if len(self.parts) >= self.max_parts:
             raise BodyRefusedError(
-                413, f"more than {self.max_parts} parts in one request (dicomweb.max_instances)"
+                413, f"more than {self.max_parts} parts in one request ({self.parts_setting})"
             )
         self.parts.append(Part(number=len(self.parts) + 1, content_type=""))
 

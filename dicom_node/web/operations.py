@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Delivery
@@ -204,4 +204,38 @@ def report_pdf(
         data,
         media_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="result-{result_id}.pdf"'},
+    )
+
+
+@router.get("/studies/{study_uid}/results/{result_id}/{kind}.dcm")
+def result_object(
+    request: Request,
+    study_uid: UidPath,
+    result_id: Annotated[int, Path(ge=1)],
+    kind: Literal["sr", "sc", "pdf"],
+    user: WebUser = Depends(api_user),
+    db: Session = Depends(get_db),
+) -> Response:
+    """A result object as the PACS got it (DICOM Part 10): the SR, the Grad-CAM
+    Secondary Capture or the Encapsulated PDF (session or token). It holds the patient's
+    data, so every download is audited like a study view."""
+    result = detail.result_for_study(db, study_uid, result_id)
+    path = render.object_path(result.objects, kind) if result else None
+    audit(
+        db,
+        request,
+        user.username,
+        "download_object",
+        study_uid,
+        success=path is not None,
+        detail={"result": result_id, "kind": kind},
+    )
+    if path is None:
+        return Response(
+            f"no {kind} object for this result", status_code=404, media_type="text/plain"
+        )
+    return FileResponse(
+        path,
+        media_type="application/dicom",
+        filename=f"result-{result_id}-{kind}.dcm",
     )

@@ -7,15 +7,15 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Result, Series
-from dicom_node.web import console, detail, overview, queries
+from dicom_node.web import console, detail, overview, prediction, queries
 from dicom_node.web.audit import audit
-from dicom_node.web.auth import WebUser, page_admin, page_user
+from dicom_node.web.auth import WebUser, api_user, page_admin, page_user
 from dicom_node.web.context import get_context, get_db
 from dicom_node.web.filters import SESSION_KEY as FILTER_KEY
 from dicom_node.web.filters import SORTS, STATES, StudyFilter
@@ -156,7 +156,48 @@ def study_page(
     audit(db, request, user.username, "view_study", study_uid, success=info is not None)
     if info is None:
         return render(request, "error.html", {"message": "No such study."}, status_code=404)
-    return render(request, "study.html", {"study": info})
+    return render(
+        request, "study.html", {"study": info, "progress": prediction.progress(db, study_uid)}
+    )
+
+
+@router.get("/studies/{study_uid}/progress.json")
+def study_progress(
+    study_uid: str, user: WebUser = Depends(api_user), db: Session = Depends(get_db)
+) -> Response:
+    """What the study page polls (``static/live.js``): a version of what it shows and
+    whether anything is under way. States and counts only, no patient data: not audited
+    (the page view and each refresh of its content are)."""
+    _check_uid(study_uid)
+    answer = prediction.progress(db, study_uid)
+    if answer is None:
+        raise HTTPException(status_code=404, detail="no such study")
+    return JSONResponse(answer)
+
+
+@router.get("/studies/{study_uid}/live.html")
+def study_live(
+    request: Request,
+    study_uid: str,
+    user: WebUser = Depends(page_user),
+    db: Session = Depends(get_db),
+) -> Response:
+    """The live part of the study page (series, results, deliveries, timeline), for the
+    page to swap in when its progress changed; audited as a view of the study."""
+    _check_uid(study_uid)
+    info = detail.study_detail(db, study_uid)
+    audit(
+        db,
+        request,
+        user.username,
+        "view_study",
+        study_uid,
+        success=info is not None,
+        detail={"refresh": True},
+    )
+    if info is None:
+        raise HTTPException(status_code=404, detail="no such study")
+    return render(request, "_study_live.html", {"study": info}, fragment=True)
 
 
 @router.get("/models")

@@ -84,6 +84,11 @@ def has_gradcam(heatmap_path: str, objects: Sequence[Any]) -> bool:
     return any(p.is_file() for p in _object_paths(objects, "sc"))
 
 
+def object_path(objects: Sequence[Any], kind: str) -> Path | None:
+    """The file of a result's first object of ``kind`` (sr, sc, pdf), if it is on disk."""
+    return next((p for p in _object_paths(objects, kind) if p.is_file()), None)
+
+
 def has_pdf(objects: Sequence[Any]) -> bool:
     return any(p.is_file() for p in _object_paths(objects, "pdf"))
 

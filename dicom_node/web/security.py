@@ -9,10 +9,11 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# No script at all on the page; styles and images only from the node itself. data: images
-# are not needed (Grad-CAM comes from an authenticated endpoint), so they are not allowed.
+# Scripts, styles and images only from the node itself, never inline: the one script is
+# ``static/live.js`` (the study page's refresh). data: images are not needed (Grad-CAM
+# comes from an authenticated endpoint), so they are not allowed.
 CSP = (
-    "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 HEADERS = {

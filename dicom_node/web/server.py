@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -90,6 +91,8 @@ def start_web(
     *,
     sock: socket.socket | None = None,
     startup_timeout: float = 15.0,
+    model_available: Callable[[str], bool] | None = None,
+    on_queued: Callable[[], None] | None = None,
 ) -> WebServer:
     """Start the admin page on ``[web] host:port`` and return once it accepts connections.
 
@@ -97,6 +100,8 @@ def start_web(
     ----------
     sock
         A socket from :func:`bind_web` to serve on; without one uvicorn binds itself.
+    model_available, on_queued
+        The node's, for uploads (see :func:`dicom_node.web.create_app`).
 
     Raises
     ------
@@ -104,7 +109,14 @@ def start_web(
         uvicorn did not start (port in use, address not available) within the timeout.
     """
     web = LiveSettings.of(settings).current.web
-    app = create_app(settings, sessions, actions=actions, status=status)
+    app = create_app(
+        settings,
+        sessions,
+        actions=actions,
+        status=status,
+        model_available=model_available,
+        on_queued=on_queued,
+    )
     options: dict[str, Any] = {
         "host": web.host,
         "port": web.port,

@@ -42,7 +42,7 @@ from dicom_node.receive.meta import file_meta_claims
 from dicom_node.receive.spool import SpoolFullError
 from dicom_node.receive.statuses import Status
 from dicom_node.web.audit import audit
-from dicom_node.web.auth import WebUser, bearer_user, client_address
+from dicom_node.web.auth import WebUser, bearer_user, client_address, token_problem
 from dicom_node.web.context import WebContext, get_context, get_db
 from dicom_node.web.multipart import (
     DICOM,
@@ -77,11 +77,12 @@ def store_user(request: Request, db: Session = Depends(get_db)) -> WebUser:
     """The token's user, if its role may store; 401 / 403 (audited) otherwise."""
     user = bearer_user(request, db)
     if user is None:
-        audit(db, request, "", "stow", success=False, detail={"reason": "no valid token"})
+        problem = token_problem(request)
+        audit(db, request, "", "stow", success=False, detail={"reason": problem})
         raise HTTPException(
             status_code=401,
             detail="a valid API token is required: Authorization: Bearer <token> "
-            "(dicom-node users token NAME); it may be missing, unknown or revoked",
+            f"(dicom-node users token NAME): {problem}",
             headers={"WWW-Authenticate": 'Bearer realm="dicomweb"'},
         )
     if not user.can_store:

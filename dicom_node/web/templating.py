@@ -94,14 +94,20 @@ def render(
     context: dict[str, Any] | None = None,
     *,
     status_code: int = 200,
+    fragment: bool = False,
 ) -> HTMLResponse:
-    """Render a page with what the layout needs: the user, the CSRF token, flash messages."""
+    """Render a page with what the layout needs: the user, the CSRF token, flash messages.
+
+    A ``fragment`` (a part of a page fetched by its script) leaves the flash messages for
+    the next whole page.
+    """
     templates: Jinja2Templates = request.app.state.web.templates
     full = {
         "user": getattr(request.state, "user", None),
         "csrf_token": csrf.ensure_token(request.session),
-        "messages": request.session.pop(FLASH_KEY, []),
+        "messages": [] if fragment else request.session.pop(FLASH_KEY, []),
         "nav": request.url.path,
+        "upload_enabled": request.app.state.web.settings.upload.enabled,
         **(context or {}),
     }
     return templates.TemplateResponse(request, name, full, status_code=status_code)

@@ -1,4 +1,4 @@
-"""Migrations 0003, 0004 and 0005 upgrade an existing database; the database refuses
+"""Migrations 0003 to 0007 upgrade an existing database; the database refuses
 unknown states."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 from dicom_node.store import users
 from dicom_node.store.db import (
+    ApiToken,
     Delivery,
     Job,
     Result,
@@ -237,4 +238,55 @@ def test_0006_allows_cancelled_jobs_and_adds_console_tables(database_url: str) -
         state, error = conn.execute(text("SELECT state, error FROM job")).one()
     assert (state, error) == ("failed", "cancelled by an operator")
     upgrade(engine)
+    engine.dispose()
+
+
+def test_0007_adds_token_expiry_and_its_downgrade_revokes_expiring_tokens(
+    database_url: str,
+) -> None:
+    """A 0006 database keeps its tokens, valid until revoked (no expiry); a token may then
+    expire; the downgrade drops the column and revokes the tokens that had an end, so a
+    token meant to die does not live forever on the older schema."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0006")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO user_account (id, username, password_hash, role, active,"
+                " created_at, session_epoch) VALUES (1, 'ines', 'hash', 'viewer', :yes, :t, 0)"
+            ),
+            {"yes": True, "t": NOW},
+        )
+    sessions = session_factory(engine)
+    with sessions() as session:
+        # at 0006 the ORM's new column does not exist yet: insert the row by hand
+        session.execute(
+            text(
+                "INSERT INTO api_token (user_id, token_hash, name, created_at, revoked)"
+                " VALUES (1, :h, 'old', :t, :no)"
+            ),
+            {"h": users._token_hash("dn_old"), "t": NOW, "no": False},
+        )
+        session.commit()
+    upgrade(engine)
+    with sessions() as session:
+        old = session.scalars(select(ApiToken)).one()
+        assert old.expires_at is None and not old.revoked
+        assert users.check_token(session, "dn_old").user is not None  # still valid
+    expiring = users.create_token(sessions, "ines", "script", expires_in_days=1)
+    with sessions() as session:
+        assert users.check_token(session, expiring).user is not None
+
+    downgrade(engine, "0006")
+    assert "expires_at" not in {c["name"] for c in inspect(engine).get_columns("api_token")}
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT name, revoked FROM api_token")).all())
+    assert {name: bool(revoked) for name, revoked in rows.items()} == {
+        "old": False,
+        "script": True,
+    }
+    upgrade(engine)
+    with sessions() as session:
+        assert users.check_token(session, expiring).user is None  # revoked stays revoked
+        assert users.check_token(session, "dn_old").user is not None
     engine.dispose()

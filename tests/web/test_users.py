@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -164,3 +165,40 @@ def test_cli_password_prompt_mismatch(
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # as if typed at a terminal
     assert _run(cli_settings, ["users", "add", "frank"]) == 1
     assert "do not match" in capsys.readouterr().err
+
+
+def test_token_expiry_from_the_cli(
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``users token NAME --expires-in DAYS``: the token alone on stdout, its end on
+    stderr and in the audit; valid until then, refused after with the reason."""
+    sessions = session_factory(create_engine(cli_settings.database_url))
+    users.add_user(sessions, "gina", "secret-pass", "uploader")
+    before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert _run(cli_settings, ["users", "token", "gina", "--expires-in", "2"]) == 0
+    out, err = capsys.readouterr()
+    token = out.strip()
+    assert token.startswith(users.TOKEN_PREFIX) and "\n" not in token
+    assert "the token expires at" in err
+    with sessions() as session:
+        row = session.scalars(select(ApiToken)).one()
+        assert row.expires_at is not None
+        assert abs((row.expires_at - before) - dt.timedelta(days=2)) < dt.timedelta(minutes=1)
+        entry = session.scalars(select(AuditEntry)).one()
+        assert entry.action == "token_create"
+        assert entry.detail["expires_at"] == row.expires_at.isoformat(timespec="seconds")
+        check = users.check_token(session, token)
+        assert check.user is not None and check.user.username == "gina"
+        # two days later (the clock moved on): refused, and the reason says why
+        row.expires_at = before - dt.timedelta(minutes=1)
+        session.commit()
+        check = users.check_token(session, token)
+        assert check.user is None and "expired" in check.reason
+        assert users.user_for_token(session, token) is None
+    # a token without --expires-in never ends; a nonsense expiry is one line, exit 1
+    assert _run(cli_settings, ["users", "token", "gina"]) == 0
+    assert "expires" not in capsys.readouterr().err
+    assert _run(cli_settings, ["users", "token", "gina", "--expires-in", "0"]) == 1
+    assert "--expires-in must be between" in capsys.readouterr().err
+    with sessions() as session:
+        assert [t.expires_at is None for t in session.scalars(select(ApiToken))] == [False, True]
