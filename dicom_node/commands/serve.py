@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dicom_node import __version__
@@ -34,11 +34,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ``StartupError`` from ``Node.start`` having changed nothing and left nothing running;
     ``cli.main`` prints it as one line and exits with status 2.
     """
-    from dicom_node.logs import setup_logging
-    from dicom_node.node import Node
+    return run_node(settings)
 
-    setup_logging("node")
-    node = Node(settings)
+
+def run_node(settings: Settings, roles: Iterable[str] | None = None, label: str = "node") -> int:
+    """Run a node with ``roles`` (default: all of them) until SIGINT or SIGTERM."""
+    from dicom_node.logs import setup_logging
+    from dicom_node.node import ROLES, Node
+
+    setup_logging(label)
+    node = Node(settings, roles=ROLES if roles is None else roles)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -48,9 +53,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     node.start()
+    where = (
+        f"{settings.node.ae_title} on {settings.scp.host}:{node.scp.bound_port}"
+        if "receive" in node.roles
+        else f"{label} role"
+    )
     print(
-        f"dicom-node {__version__}: {settings.node.ae_title} on "
-        f"{settings.scp.host}:{node.scp.bound_port}; data in {settings.data_dir}. "
+        f"dicom-node {__version__}: {where}; data in {settings.data_dir}. "
         "NOT FOR DIAGNOSTIC USE. Ctrl-C stops.",
         flush=True,
     )

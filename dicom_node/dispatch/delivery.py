@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Destination, Settings
 from dicom_node.doorbell import Doorbell
+from dicom_node.receive.objectstore import storage_for
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
@@ -60,7 +61,7 @@ def ensure_delivery(
     destination: str,
     sop_class_uid: str,
     sop_instance_uid: str,
-    path: Path,
+    path: Path | str,
     study_uid: str,
     kind: str,
     job_id: int | None,
@@ -226,6 +227,8 @@ class Deliverer:
         self.sessions = sessions
         self.counts: dict[str, int] = defaultdict(int)
         self._lanes = _Lanes(on_lane_free)
+        # Objects in a bucket (cluster with S3 storage) are downloaded here to be sent.
+        self.storage = storage_for(settings)
 
     def due(
         self, now: dt.datetime, limit: int = 500, skip: frozenset[int] = frozenset()
@@ -284,7 +287,7 @@ class Deliverer:
                 continue
             for start in range(0, len(items), MAX_CONTEXTS):
                 batch = items[start : start + MAX_CONTEXTS]
-                thread = self._lanes.start(dest, batch, self._send_batch)
+                thread = self._lanes.start(dest, batch, self._send_stored)
                 if thread is None:  # the lane is full: the next scan takes the rest
                     break
                 threads.append(thread)
@@ -293,6 +296,22 @@ class Deliverer:
             for thread in threads:
                 thread.join()
         return started
+
+    def _send_stored(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        """Send a batch whose objects may be in a bucket: each is downloaded to a local
+        file for the C-STORE (sent as stored, byte for byte); one that cannot be read now
+        is retried later, like a destination that does not answer."""
+        folder = self.settings.data_dir / "outgoing"
+        with self.storage.local_files([item.path for item in items], folder) as files:
+            ready = []
+            for item in items:
+                local = files[item.path]
+                if isinstance(local, Exception):
+                    self._record(item, dest, None, f"cannot read from storage: {local}")
+                else:
+                    ready.append(replace(item, path=str(local)))
+            if ready:
+                self._send_batch(dest, ready)
 
     def _send_batch(self, dest: Destination, items: list[DeliveryItem]) -> None:
         items = [

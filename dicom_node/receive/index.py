@@ -202,7 +202,7 @@ def _event(
 def _index_once(
     conn: Connection,
     meta: InstanceMeta,
-    path: Path,
+    path: Path | str,
     size: int,
     calling_ae: str,
     remote_address: str,
@@ -262,7 +262,7 @@ def _record_duplicate(conn: Connection, meta: InstanceMeta, calling_ae: str) -> 
 def index_instance(
     sessions: sessionmaker[Session],
     meta: InstanceMeta,
-    path: Path,
+    path: Path | str,
     size: int,
     *,
     calling_ae: str = "",

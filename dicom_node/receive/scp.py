@@ -445,14 +445,14 @@ class StoreSCP:
             synced=synced,
             sync_folder=False,
         )
-        folder_synced = self._background(self.spool.sync_folder, stored.path.parent)
+        folder_synced = self._background(self.spool.make_durable, stored)
         requestor = event.assoc.requestor
         state = self._state_for(event.assoc)
         try:
             outcome = index_instance(
                 self.sessions,
                 meta,
-                stored.path,
+                stored.location,
                 stored.size,
                 calling_ae=str(requestor.ae_title).strip(),
                 remote_address=str(requestor.address),
