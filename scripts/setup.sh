@@ -31,7 +31,8 @@ apt_install() {
 }
 
 if [[ $WITH_TEST -eq 1 ]]; then
-    apt_install dcmtk dicom3tools orthanc chromium poppler-utils
+    # PostgreSQL and RabbitMQ: the cluster tests' database and broker (scripts/test.sh starts them).
+    apt_install dcmtk dicom3tools orthanc chromium poppler-utils postgresql rabbitmq-server
 else
     # The demo uses Orthanc as its PACS when it is there; a built-in receiver otherwise.
     apt_install orthanc || echo "Orthanc not installed: the demo will use its built-in receiver"

@@ -8,6 +8,7 @@ machine's RabbitMQ) never see each other's messages; its queues are deleted at t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -250,8 +251,13 @@ class Cluster:
         return data
 
     def start(
-        self, name: str, command: list[str], *, health: bool = False, wait: bool = True,
-        **sections: Any
+        self,
+        name: str,
+        command: list[str],
+        *,
+        health: bool = False,
+        wait: bool = True,
+        **sections: Any,
     ) -> Role:
         """Start ``dicom-node <command>`` as role ``name`` with its own config and folder."""
         data = self.settings(name, **sections)
@@ -323,10 +329,9 @@ class Cluster:
                 "destinations": self.settings("x")["destinations"],
             },
         )
-        try:
+        # The broker may be stopped (a failed test): a later run's prefix differs anyway.
+        with contextlib.suppress(Exception):
             delete_queues(settings, all_queues(settings))
-        except Exception:  # the broker is stopped: a later test run's prefix differs
-            pass
 
 
 @pytest.fixture

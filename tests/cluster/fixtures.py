@@ -109,9 +109,7 @@ def make_models(models_dir: Path) -> None:
         folder = models_dir / model_id
         folder.mkdir(parents=True, exist_ok=True)
         _onnx_model(folder / "model.onnx", size, convs, channels)
-        (folder / "model.toml").write_text(
-            MANIFEST.format(id=model_id, size=size, explain=explain)
-        )
+        (folder / "model.toml").write_text(MANIFEST.format(id=model_id, size=size, explain=explain))
 
 
 def phantom_series(folder: Path, name: str, count: int, body_part: str) -> list[Path]:

@@ -244,5 +244,3 @@ def test_worker_for_a_model_without_weights_refuses_to_start(cluster: Cluster) -
         lines = role.output().strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"dicom-node: {expected}"), lines
         assert "Traceback" not in role.output()
-
-
