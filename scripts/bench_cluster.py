@@ -271,7 +271,7 @@ def run_round(
         )
         receive_s = time.monotonic() - t0
         if sent.returncode != 0:
-            raise SystemExit(f"storescu failed: {sent.stderr[-2000:]}")
+            raise SystemExit(f"storescu failed: {(sent.stdout + sent.stderr)[-2000:]}")
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             with Session(engine) as session:
@@ -378,6 +378,7 @@ def main() -> int:
             rounds[count] = run_round(
                 root, count, args.series, config, engine, receiver_config["scp"]["port"]
             )
+            print(json.dumps({count: {**rounds[count], "workers": rounds[count]["workers"]}}))
     print(
         f"\n{args.series} chest series per round, storage {args.storage}, this machine "
         f"({os.cpu_count()} cores)\n"

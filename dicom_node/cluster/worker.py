@@ -210,8 +210,10 @@ def _status(membership: members.Membership, model_ids: Sequence[str]) -> dict[st
 def worker_process_main(settings: Settings, model_ids: Sequence[str], name: str) -> None:
     """Entry of a cluster worker spawned by ``serve`` in cluster mode."""
     from dicom_node.logs import setup_logging
+    from dicom_node.process.worker import _die_with_parent
 
     setup_logging(f"worker-{name}")
+    _die_with_parent()  # a SIGKILLed serve leaves no worker behind
     try:
         run_worker(settings, model_ids)
     except StartupError as exc:

@@ -82,8 +82,9 @@ def run_seaweed(folder: Path) -> Iterator[SeaweedS3]:
         f"-dir={folder}",
         "-s3",
         "-filer",
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=20",
+        # Volumes grow in batches per bucket; 0 = as many as the disk's free space allows.
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=0",
         "-s3.port.iceberg=0",
         "-metricsPort=0",
         *(f"-{name}={port}" for name, port in ports.items()),
