@@ -119,8 +119,11 @@ class ClusterRoles:
         self._supervisor.start()
 
     def _spawn(self, name: str, models: list[str]) -> None:
+        # The children share serve's health endpoint (its status counts them), not its port.
+        cluster = self.settings.cluster.model_copy(update={"health_port": 0})
+        settings = self.settings.model_copy(update={"cluster": cluster})
         proc = mp.get_context("spawn").Process(
-            target=worker_process_main, args=(self.settings, models, name), name=f"worker-{name}"
+            target=worker_process_main, args=(settings, models, name), name=f"worker-{name}"
         )
         proc.daemon = False  # a Celery worker forks nothing, but must stop on its own
         proc.start()
