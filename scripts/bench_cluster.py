@@ -86,7 +86,7 @@ def fresh_database() -> Iterator[str]:
 
 
 @contextmanager
-def run_pacs(folder: Path) -> Iterator[int]:
+def run_pacs(folder: Path) -> Iterator[tuple[int, int]]:
     """DCMTK storescp as the PACS (writes what it receives, answers Success)."""
     port = free_port()
     out = folder / "out"
@@ -100,7 +100,7 @@ def run_pacs(folder: Path) -> Iterator[int]:
         )
     try:
         wait_for_port(port, 20)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -185,6 +185,33 @@ def drop_queues(config: dict[str, Any]) -> None:
     delete_queues(settings, all_queues(settings))
 
 
+# -- CPU per process group ---------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (and of its waited-for children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / TICK
+
+
+def _pids(name: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def cpu_snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds per group; PostgreSQL and RabbitMQ are the machine's (shared) servers."""
+    found = {name: sum(_cpu(pid) for pid in pids) for name, pids in groups.items()}
+    found["postgresql (machine)"] = sum(_cpu(pid) for pid in _pids("postgres"))
+    found["rabbitmq (machine)"] = sum(_cpu(pid) for pid in _pids("beam.smp"))
+    return found
+
+
 # -- a round ------------------------------------------------------------------------------
 
 
@@ -234,7 +261,13 @@ def measure(session: Session, since_job: int) -> dict[str, Any]:
 
 
 def run_round(
-    root: Path, workers: int, count: int, config: Any, engine: Any, receiver_port: int
+    root: Path,
+    workers: int,
+    count: int,
+    config: Any,
+    engine: Any,
+    receiver_port: int,
+    groups: dict[str, list[int]],
 ) -> dict[str, Any]:
     folder = root / f"round-{workers}"
     files = make_studies(folder / "studies", count)
@@ -252,6 +285,8 @@ def run_round(
     try:
         for role in roles:
             role.wait_ready()
+        groups = {**groups, "workers": [role.proc.pid for role in roles]}
+        cpu_before = cpu_snapshot(groups)
         t0 = time.monotonic()
         sent = subprocess.run(
             [
@@ -285,8 +320,12 @@ def run_round(
             time.sleep(1.0)
         else:
             raise SystemExit("round did not finish in an hour")
+        cpu_after = cpu_snapshot(groups)
         with Session(engine) as session:
             found = measure(session, since)
+        found["cpu_per_series"] = {
+            name: (cpu_after[name] - cpu_before[name]) / count for name in cpu_after
+        }
         found["receive_per_instance"] = receive_s / count
         found["failed"] = sum(1 for j in jobs if j.state == JobState.FAILED)
         found["load"] = os.getloadavg()[0]
@@ -322,6 +361,12 @@ def report(rounds: dict[int, dict[str, Any]]) -> None:
     for label, key, scale, unit in ROWS:
         cells = "".join(f"{rounds[n].get(key, 0.0) * scale:>12.1f}{unit:>2s}" for n in counts)
         print(f"{label:44s}{cells}")
+    print(f"{'CPU seconds per series, by process':44s}")
+    for name in rounds[counts[0]]["cpu_per_series"]:
+        cells = "".join(
+            f"{rounds[n]['cpu_per_series'].get(name, 0.0) * 1000:>12.1f}ms" for n in counts
+        )
+        print(f"{'  ' + name:44s}{cells}")
     if len(counts) >= 2:
         one, two = rounds[counts[0]]["per_min"], rounds[counts[-1]]["per_min"]
         ratio = two / one if one else 0.0
@@ -349,7 +394,7 @@ def main() -> int:
     rounds: dict[int, dict[str, Any]] = {}
     with ExitStack() as stack:
         database_url = stack.enter_context(fresh_database())
-        pacs = stack.enter_context(run_pacs(root / "pacs"))
+        pacs, pacs_pid = stack.enter_context(run_pacs(root / "pacs"))
         if args.storage == "s3":
             s3 = stack.enter_context(run_seaweed(root / "seaweed"))
             storage: dict[str, Any] = {"backend": "s3", "s3": s3.s3_settings(f"dn-{prefix}")}
@@ -370,13 +415,26 @@ def main() -> int:
         stack.callback(dispatcher.stop)
         receiver.wait_ready()
         dispatcher.wait_ready()
+        groups = {
+            "receiver": [receiver.proc.pid],
+            "dispatcher": [dispatcher.proc.pid],
+            "storescp (PACS)": [pacs_pid],
+        }
+        if args.storage == "s3":
+            groups["seaweedfs"] = [s3.process.pid]
         engine = create_engine(database_url)
         stack.callback(engine.dispose)
         stack.callback(drop_queues, config("x"))
         for count in args.workers:
             print(f"round: {args.series} series through {count} worker(s) ...", flush=True)
             rounds[count] = run_round(
-                root, count, args.series, config, engine, receiver_config["scp"]["port"]
+                root,
+                count,
+                args.series,
+                config,
+                engine,
+                receiver_config["scp"]["port"],
+                groups,
             )
             print(json.dumps({count: {**rounds[count], "workers": rounds[count]["workers"]}}))
     print(

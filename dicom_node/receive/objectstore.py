@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,10 @@ from dicom_node.receive.spool import Spool, SpoolFullError, SpoolResult, write_a
 log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
+# How much of an object a header read fetches first (see Storage.read_dataset).
+HEADER_BYTES = 256 * 1024
+# (7FE0,0010) Pixel Data, little endian: the header ends before it.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 # Below this size a received file is sent in one PUT; above it, in parts (boto3's transfer).
 _SINGLE_PUT_LIMIT = 64 * 1024 * 1024
 
@@ -188,11 +193,26 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise ObjectStoreError(f"cannot read {location}: {exc}") from exc
 
-    def download(self, location: str, path: Path) -> None:
+    def get_range(self, location: str, length: int) -> bytes:
+        """The first ``length`` bytes of an object (all of it when it is shorter)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.download_file(self.bucket, self._key(location), str(path))
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(location), Range=f"bytes=0-{length - 1}"
+            )
+            return bytes(response["Body"].read())
+        except (ClientError, BotoCoreError) as exc:
+            raise ObjectStoreError(f"cannot read {location}: {exc}") from exc
+
+    def download(self, location: str, path: Path) -> None:
+        """Stream an object into a file (one GET; no transfer manager threads)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(location))
+            with open(path, "wb") as fh:
+                shutil.copyfileobj(response["Body"], fh, 1024 * 1024)
         except (ClientError, BotoCoreError) as exc:
             raise ObjectStoreError(f"cannot read {location}: {exc}") from exc
 
@@ -227,9 +247,22 @@ class Storage:
         return Path(location).is_file()
 
     def read_dataset(self, location: str, **kwargs: Any) -> FileDataset:
-        """``pydicom.dcmread`` of a file or an object (kwargs go to dcmread)."""
+        """``pydicom.dcmread`` of a file or an object (kwargs go to dcmread).
+
+        With ``stop_before_pixels`` an object's header is read from its first
+        ``HEADER_BYTES`` (routing needs a few tags, not megabytes of pixels) when that much
+        reaches the Pixel Data element; otherwise, or when that prefix does not parse, the
+        whole object is read.
+        """
         source: str | BinaryIO = location
         if is_object_location(location):
+            if kwargs.get("stop_before_pixels"):
+                head = self._store(location).get_range(location, HEADER_BYTES)
+                if len(head) < HEADER_BYTES or _PIXEL_DATA_TAG in head:
+                    try:
+                        return dcmread(io.BytesIO(head), **kwargs)
+                    except Exception:  # a header longer than the prefix: read it all
+                        pass
             source = io.BytesIO(self.read_bytes(location))
         return dcmread(source, **kwargs)
 
