@@ -16,10 +16,12 @@ object is durable) and the index row is committed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -342,8 +344,8 @@ class ObjectSpool(Spool):
     SOP Instance UID already stored keeps its first copy, as on disk.
     """
 
-    def __init__(self, root: Path, objects: ObjectStore) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, objects: ObjectStore, incoming: Path | None = None) -> None:
+        super().__init__(root, incoming)
         self.objects = objects
 
     def key_for(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -399,9 +401,24 @@ class ObjectSpool(Spool):
         return []
 
 
+def incoming_folder(settings: Settings) -> Path | None:
+    """A cluster receiver's own incoming folder, ``<spool>/.incoming/<host>-<data folder>``.
+
+    Receivers of a cluster may share one spool folder (a shared POSIX path); each removes
+    the partial files of its own crashed receives at start-up, never another's files in
+    flight. Stable across restarts of the same receiver (host and data folder), on the
+    spool's file system (the final step stays a hard link). None: the embedded default.
+    """
+    if not settings.clustered:
+        return None
+    digest = hashlib.sha1(str(settings.data_dir).encode(), usedforsecurity=False).hexdigest()
+    return settings.spool_dir / ".incoming" / f"{socket.gethostname()}-{digest[:10]}"
+
+
 def spool_for(settings: Settings) -> Spool:
     """The receiver's spool: folders, or the bucket of ``[storage.s3]``."""
     storage = storage_for(settings)
+    incoming = incoming_folder(settings)
     if storage.objects is None:
-        return Spool(settings.spool_dir)
-    return ObjectSpool(settings.spool_dir, storage.objects)
+        return Spool(settings.spool_dir, incoming)
+    return ObjectSpool(settings.spool_dir, storage.objects, incoming)

@@ -54,11 +54,14 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, incoming: Path | None = None) -> None:
+        """``incoming`` is where associations stream their files (default
+        ``<root>/.incoming``); receivers that share one spool folder each need their own,
+        since a receiver's start-up removes what it finds there."""
         self.root = root
-        self.tmp = root / ".incoming"
+        self.tmp = incoming if incoming is not None else root / ".incoming"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

@@ -83,3 +83,22 @@ def test_headers_come_from_a_prefix_unless_the_header_is_longer(
         header = storage.read_dataset(location, stop_before_pixels=True)
         assert header.BodyPartExamined == part and "PixelData" not in header
     assert storage.read_dataset(store.location("spool/big.dcm")).PixelData
+
+
+def test_receivers_sharing_a_spool_folder_keep_their_incoming_files_apart(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from dicom_node.receive.objectstore import spool_for
+    from tests.conftest import make_settings
+
+    shared = {"spool_dir": str(tmp_path / "shared"), "database_url": postgres_url}
+    spools = [
+        spool_for(make_settings(tmp_path / name, storage=shared, cluster={"mode": "cluster"}))
+        for name in ("receiver-1", "receiver-2")
+    ]
+    assert spools[0].root == spools[1].root and spools[0].tmp != spools[1].tmp
+    in_flight = spools[0].tmp / "1-1.part"
+    in_flight.write_bytes(b"an association still streaming")
+    assert spools[1].clean_incoming() == 0  # the second receiver starting up
+    assert in_flight.exists()
+    assert spools[0].clean_incoming() == 1  # the first one's own restart
