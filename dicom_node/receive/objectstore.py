@@ -334,6 +334,27 @@ def storage_for(settings: Settings) -> Storage:
         return storage
 
 
+def reader_for(location: str) -> Storage:
+    """A :class:`Storage` that reads ``location``: a file, or an object in a bucket this
+    process was configured with (by :func:`storage_for`, which every role calls at start).
+
+    For readers that get locations from the database but no settings (the admin page).
+
+    Raises
+    ------
+    ObjectStoreError
+        An object in a bucket this process does not know.
+    """
+    if not is_object_location(location):
+        return Storage(Path("."))
+    bucket = split_location(location)[0]
+    with _storages_lock:
+        for storage in _storages.values():
+            if storage.objects is not None and storage.objects.bucket == bucket:
+                return storage
+    raise ObjectStoreError(f"{location}: bucket {bucket} is not configured here")
+
+
 class ObjectSpool(Spool):
     """The spool of ``storage.backend = "s3"``: each received instance becomes the object
     ``<prefix>spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.

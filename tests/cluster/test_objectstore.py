@@ -102,3 +102,36 @@ def test_receivers_sharing_a_spool_folder_keep_their_incoming_files_apart(
     assert spools[1].clean_incoming() == 0  # the second receiver starting up
     assert in_flight.exists()
     assert spools[0].clean_incoming() == 1  # the first one's own restart
+
+
+def test_the_admin_page_reads_result_objects_from_the_bucket(
+    seaweed: SeaweedS3, tmp_path: Path, postgres_url: str
+) -> None:
+    """The web role finds results that a worker on another host stored in S3."""
+    from dicom_node.receive.objectstore import storage_for
+    from dicom_node.web import render
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        storage={
+            "backend": "s3",
+            "database_url": postgres_url,
+            "s3": seaweed.s3_settings(f"dn-{uuid.uuid4().hex[:12]}"),
+        },
+        cluster={"mode": "cluster"},
+    )
+    storage = storage_for(settings)
+    assert storage.objects is not None
+    storage.objects.ensure_bucket()
+    png = render.PNG_SIGNATURE + b"rest of a picture"
+    heatmap = storage.write_result("heatmaps/x.png", png)
+    sr_path, _ = _copy(tmp_path, "sr.dcm")
+    sr = storage.write_result("1.2/3.4/5.6.dcm", sr_path.read_bytes())
+    objects = [{"kind": "sr:comprehensive3d", "path": sr}]
+    assert heatmap.startswith("s3://") and render.has_gradcam(heatmap, objects)
+    assert render.gradcam_png(heatmap, objects) == png
+    tree, problem = render.read_sr(objects)
+    assert tree is not None and problem == ""
+    missing = storage.objects.location("results/none.png")
+    assert not render.has_gradcam(missing, [])
