@@ -28,6 +28,8 @@ log = logging.getLogger("dicom_node")
 # One module per sub-command; each provides register(subparsers).
 COMMAND_MODULES = (
     "dicom_node.commands.serve",
+    "dicom_node.commands.roles",
+    "dicom_node.commands.worker",
     "dicom_node.commands.echo",
     "dicom_node.commands.send",
     "dicom_node.commands.status",

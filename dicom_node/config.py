@@ -234,11 +234,35 @@ class ScpSettings(_Strict):
         return self
 
 
+class S3Settings(_Strict):
+    """An S3-compatible bucket for the spool and the result objects (``backend = "s3"``)."""
+
+    # Empty: the AWS endpoint of ``region``; a SeaweedFS, MinIO or Ceph gateway otherwise.
+    endpoint_url: str = ""
+    bucket: str = Field("dicom-node", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = "us-east-1"
+    # Empty: boto3's own chain (environment, ~/.aws, instance role).
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    # Keys start with this (several nodes may share a bucket): "<prefix>spool/...".
+    prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    # Create the bucket at start-up when it does not exist.
+    create_bucket: bool = True
+    timeout: float = Field(30, gt=0)
+
+
 class StorageSettings(_Strict):
     spool_dir: Path | None = None
+    # Result objects (SR, SC, PDF, heatmaps); default <data_dir>/results. In a cluster on
+    # local storage this is a shared POSIX path (NFS, CephFS) that every role mounts.
+    results_dir: Path | None = None
     database_url: str = ""
+    # "local": spool and results in folders (the default; shared paths for a cluster);
+    # "s3": received instances and result objects in an S3 bucket ([storage.s3]).
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
 
-    _paths = field_validator("spool_dir", mode="before")(_empty_path)
+    _paths = field_validator("spool_dir", "results_dir", mode="before")(_empty_path)
 
 
 class CompletionSettings(_Strict):
@@ -290,6 +314,43 @@ class DestinationTls(_Strict):
     def _pair(self) -> DestinationTls:
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together (both or neither)")
+        return self
+
+
+class ClusterSettings(_Strict):
+    """Cluster mode: roles on several hosts, jobs carried by Celery on RabbitMQ.
+
+    ``embedded`` (the default) is one ``serve`` with its worker processes and the database
+    as the job queue. ``cluster`` writes every state to PostgreSQL as before, and publishes
+    one Celery task per job, after the commit, on the queue of the job's model(s).
+    """
+
+    mode: Literal["embedded", "cluster"] = "embedded"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    # Queues and the exchange are named "<queue_prefix>.model.<id>", so several clusters
+    # (a test and a production one) can share a broker.
+    queue_prefix: str = Field("dicom-node", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Every role process writes a heartbeat row this often; a member not seen for
+    # member_timeout seconds is gone, and the jobs it was running go back to their queue.
+    heartbeat_seconds: float = Field(2.0, gt=0, le=60)
+    member_timeout: float = Field(10.0, gt=0, le=3600)
+    # How often the sweep (in receive and dispatch roles) requeues the jobs of members that
+    # are gone and republishes queued jobs whose messages no broker holds.
+    sweep_interval: float = Field(10.0, gt=0, le=3600)
+    # A queued job younger than this is never republished (its message may be in flight).
+    republish_after: float = Field(30.0, ge=0)
+    # The role's own /healthz and /metrics (0: none). "serve" and "web" also have the
+    # admin page's.
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(0, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _timeout_after_heartbeat(self) -> ClusterSettings:
+        if self.member_timeout <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"member_timeout ({self.member_timeout}) must be more than twice "
+                f"heartbeat_seconds ({self.heartbeat_seconds})"
+            )
         return self
 
 
@@ -503,6 +564,7 @@ class Settings(_Strict):
     web: WebSettings = WebSettings()
     dicomweb: DicomwebSettings = DicomwebSettings()
     upload: UploadSettings = UploadSettings()
+    cluster: ClusterSettings = ClusterSettings()
     # Where the settings came from, for messages; not a configuration key.
     source: str = Field("<defaults>", exclude=True)
     # The file and what overrode it (``load_settings``); not a key either, hence private.
@@ -523,6 +585,11 @@ class Settings(_Strict):
         dupes = {n for n in route_names if route_names.count(n) > 1}
         if dupes:
             raise ValueError(f"routes: duplicate name(s) {sorted(dupes)}")
+        if self.cluster.mode == "cluster" and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "cluster.mode = 'cluster' needs storage.database_url = 'postgresql://...' "
+                "(every role on every host shares that database)"
+            )
         known_models = available_model_ids(self.models_dir)
         for i, route in enumerate(self.routes):
             for dest in route.destinations:
@@ -550,7 +617,12 @@ class Settings(_Strict):
 
     @property
     def results_dir(self) -> Path:
-        return self.data_dir / "results"
+        return (self.storage.results_dir or self.node.data_dir / "results").resolve()
+
+    @property
+    def clustered(self) -> bool:
+        """True in cluster mode (Celery on RabbitMQ carries the jobs)."""
+        return self.cluster.mode == "cluster"
 
     @property
     def models_dir(self) -> Path:

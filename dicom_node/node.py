@@ -6,6 +6,13 @@ interrupted jobs, keeps pending deliveries with their attempt counts, and indexe
 file that a crash left without an index row. That recovery assumes the node is alone on its
 data folder, so ``start`` first takes the folder's lock (:mod:`dicom_node.store.lock`) and
 binds its ports, and only then changes anything.
+
+Roles: ``serve`` runs all of them (``ROLES``); in cluster mode (``[cluster] mode``) each
+can run alone, on its own host and data folder: ``receive`` (SCP, completion, routing),
+``dispatch`` (deliveries), ``web`` (the admin page) and ``process`` (the workers; alone,
+that is ``dicom-node worker``, :mod:`dicom_node.cluster.worker`). Then PostgreSQL holds
+every state, Celery on RabbitMQ carries the jobs, and each role process keeps a heartbeat
+row, runs the sweep (receive, dispatch) and may serve its own /healthz and /metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import multiprocessing as mp
 import socket
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +37,9 @@ from dicom_node.process.worker import (
     model_cache,
     worker_main,
 )
+from dicom_node.receive.objectstore import spool_for
 from dicom_node.receive.reconcile import reconcile_spool
 from dicom_node.receive.scp import StoreSCP
-from dicom_node.receive.spool import Spool
 from dicom_node.route.completion import CompletionThread
 from dicom_node.route.waits import model_availability, route_model_status
 from dicom_node.store.db import create_engine, session_factory, upgrade
@@ -39,9 +47,13 @@ from dicom_node.store.lock import DataFolderLock
 
 log = logging.getLogger(__name__)
 
+RECEIVE, PROCESS, DISPATCH, WEB = "receive", "process", "dispatch", "web"
+ROLES = frozenset({RECEIVE, PROCESS, DISPATCH, WEB})
+
 
 class Node:
-    """Everything ``dicom-node serve`` runs, startable and stoppable from tests."""
+    """Everything ``dicom-node serve`` runs (or some roles of it), startable and stoppable
+    from tests."""
 
     def __init__(
         self,
@@ -49,16 +61,30 @@ class Node:
         *,
         models: Any | None = None,
         web: bool = True,
+        roles: Iterable[str] = ROLES,
     ) -> None:
         # Routes and destinations edited on the admin page replace these while the node
         # runs (``LiveSettings``); completion, delivery and the workers read through it.
         self.live = LiveSettings(settings)
+        self.roles = frozenset(roles)
+        if not self.roles or not self.roles <= ROLES:
+            raise ValueError(f"roles must be some of {sorted(ROLES)}, not {sorted(self.roles)}")
+        if self.roles != ROLES and not settings.clustered:
+            raise ValueError("single roles run in cluster mode only ([cluster] mode)")
         self.lock = DataFolderLock(settings.data_dir)
         # Migrated in start(), under the lock: a second node must not touch the database.
         self.engine: Engine = create_engine(settings.database_url, migrate=False)
         self.sessions = session_factory(self.engine)
-        self.spool = Spool(settings.spool_dir)
+        self.spool = spool_for(settings)
         self.model_available = model_availability(settings)
+        self.cluster: Any = None
+        if settings.clustered:
+            from dicom_node.cluster.roles import ClusterRoles
+
+            # Publishes the jobs a commit queued (completion, re-runs from the admin page),
+            # and routes to models that a worker elsewhere holds.
+            self.cluster = ClusterRoles(self)
+            self.model_available = self.cluster.model_available
         # The hot path has no poll waits: a routed series rings the workers' doorbell, a job
         # that queued results rings the delivery's (the polls stay, as safety nets).
         self.jobs_queued = Doorbell()
@@ -129,18 +155,32 @@ class Node:
 
     def _start(self) -> None:
         self.lock.acquire()
-        self.scp.bind()
+        if RECEIVE in self.roles:
+            self.scp.bind()
         if self._web_wanted():
             from dicom_node.web.server import bind_web
 
             self._web_socket = bind_web(self.settings)
         upgrade(self.engine)
+        if self.cluster is not None:
+            self.cluster.start()
         self._recover()
-        self._log_waiting_routes()
-        self.scp.serve()
-        self.completion.start()
-        self.delivery.start()
+        if RECEIVE in self.roles:
+            self._log_waiting_routes()
+            self.scp.serve()
+            self.completion.start()
+        if DISPATCH in self.roles:
+            self.delivery.start()
         self._running.set()
+        if PROCESS in self.roles:
+            self._start_workers()
+        if self._web_socket is not None:
+            self._start_web(self._web_socket)
+
+    def _start_workers(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start_workers()
+            return
         if self.settings.workers.processes == 0 or self._models is not None:
             models = self._models if self._models is not None else model_cache(self.settings)
             self._inproc = InProcessWorker(
@@ -158,18 +198,23 @@ class Node:
                 target=self._supervise, name="supervisor", daemon=True
             )
             self._supervisor.start()
-        if self._web_socket is not None:
-            self._start_web(self._web_socket)
 
     def _recover(self) -> None:
-        """Undo what a stop or crash left half done (safe only while we hold the lock)."""
-        left = self.spool.clean_incoming()
-        if left:
-            log.warning("removed %d partial file(s) left by an interrupted receive", left)
-        requeued = requeue_interrupted(self.sessions)
-        if requeued:
-            log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
-        reconcile_spool(self.spool, self.sessions)
+        """Undo what a stop or crash left half done (safe only while we hold the lock).
+
+        In cluster mode the running jobs belong to workers on other hosts: the sweep
+        requeues those of members that are gone, never all of them here.
+        """
+        if RECEIVE in self.roles:
+            left = self.spool.clean_incoming()
+            if left:
+                log.warning("removed %d partial file(s) left by an interrupted receive", left)
+        if self.cluster is None:
+            requeued = requeue_interrupted(self.sessions)
+            if requeued:
+                log.warning("requeued %d job(s) interrupted by a stop or crash", requeued)
+        if RECEIVE in self.roles:
+            reconcile_spool(self.spool, self.sessions)
 
     def _log_waiting_routes(self) -> None:
         """Say at start-up which routes wait for which model weights."""
@@ -183,7 +228,7 @@ class Node:
 
     def _web_wanted(self) -> bool:
         """The admin page runs when this node was built with it and ``[web]`` enables it."""
-        if not (self._web_enabled and self.settings.web.enabled):
+        if not (self._web_enabled and self.settings.web.enabled and WEB in self.roles):
             return False
         try:
             import dicom_node.web.server  # noqa: F401
@@ -196,12 +241,13 @@ class Node:
         from dicom_node.web.server import start_web
 
         # An upload is routed in the web request, as completion routes a series: with the
-        # same weights known, and the workers woken for its jobs.
+        # same weights known, and the workers woken for its jobs. The page alone (web role)
+        # checks the database and storage, not a receiver.
         self._web = start_web(
             self.live,
             self.sessions,
             None,
-            self.status,
+            self.status if RECEIVE in self.roles else None,
             sock=sock,
             model_available=self.model_available,
             on_queued=self.jobs_queued.ring,
@@ -264,6 +310,8 @@ class Node:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self._web is not None:
             self._web.stop()
         if self._web_socket is not None:
@@ -281,12 +329,20 @@ class Node:
     def status(self) -> dict[str, Any]:
         stats = self.scp.stats
         spool_ok = _writable(self.spool.tmp)
+        alive = sum(p.is_alive() for p in self._workers.values())
+        alive += int(self._inproc is not None and self._inproc.is_alive())
+        if self.cluster is not None:
+            alive += self.cluster.workers_alive()
         return {
+            "roles": sorted(self.roles),
             "scp_listening": bool(self.scp.listeners),
             "spool_writable": spool_ok,
-            "workers_alive": sum(p.is_alive() for p in self._workers.values())
-            + int(self._inproc is not None and self._inproc.is_alive()),
-            "workers_configured": max(self.settings.workers.processes, 1),
+            "workers_alive": alive,
+            # Workers of a cluster run in other processes, on other hosts: the role's
+            # /healthz counts them per queue; here only those this process started.
+            "workers_configured": (
+                max(self.settings.workers.processes, 1) if PROCESS in self.roles else 0
+            ),
             "receive": {
                 "instances": stats.instances,
                 "bytes": stats.bytes,
@@ -296,6 +352,7 @@ class Node:
                 "rejected_associations": stats.rejected_associations,
             },
             "deliveries": dict(self.deliverer.counts),
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
             # Models of enabled routes; one without weights waits (route.waits).
             "models": route_model_status(self.settings, self.model_available),
         }

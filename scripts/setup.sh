@@ -33,7 +33,8 @@ apt_install() {
 }
 
 if [[ $WITH_TEST -eq 1 ]]; then
-    apt_install dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils
+    # PostgreSQL and RabbitMQ: the cluster tests' database and broker (scripts/test.sh starts them).
+    apt_install dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils postgresql rabbitmq-server
     # npm fetches the OHIF viewer below; Node.js from elsewhere (nodesource) brings its own.
     command -v npm >/dev/null || apt_install npm
 else

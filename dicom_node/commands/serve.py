@@ -7,7 +7,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dicom_node import __version__
@@ -53,11 +53,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ``StartupError`` from ``Node.start`` having changed nothing and left nothing running;
     ``cli.main`` prints it as one line and exits with status 2.
     """
-    from dicom_node.logs import setup_logging
-    from dicom_node.node import Node
+    return run_node(settings)
 
-    setup_logging("node")
-    node = Node(settings)
+
+def run_node(settings: Settings, roles: Iterable[str] | None = None, label: str = "node") -> int:
+    """Run a node with ``roles`` (default: all of them) until SIGINT or SIGTERM."""
+    from dicom_node.logs import setup_logging
+    from dicom_node.node import ROLES, Node
+
+    setup_logging(label)
+    node = Node(settings, roles=ROLES if roles is None else roles)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -73,12 +78,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # and every association waited it out: the C-ECHO p99 (scripts/bench_echo.py).
     gc.freeze()
     scp = settings.scp
-    doors = [] if scp.tls.only else [f"{scp.host}:{node.scp.bound_port}"]
-    if scp.tls.enabled:
-        doors.append(f"TLS {scp.tls_host}:{node.scp.bound_tls_port}")
+    if "receive" in node.roles:
+        doors = [] if scp.tls.only else [f"{scp.host}:{node.scp.bound_port}"]
+        if scp.tls.enabled:
+            doors.append(f"TLS {scp.tls_host}:{node.scp.bound_tls_port}")
+        where = f"{settings.node.ae_title} on {', '.join(doors)}"
+    else:
+        where = f"{label} role"
     print(
-        f"dicom-node {__version__}: {settings.node.ae_title} on {', '.join(doors)}; "
-        f"data in {settings.data_dir}. NOT FOR DIAGNOSTIC USE. Ctrl-C stops.",
+        f"dicom-node {__version__}: {where}; data in {settings.data_dir}. "
+        "NOT FOR DIAGNOSTIC USE. Ctrl-C stops.",
         flush=True,
     )
     stop.wait()

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -33,6 +33,7 @@ from dicom_node.config import ConfigError, Destination, LiveSettings, Settings
 from dicom_node.dispatch import stow
 from dicom_node.dispatch.association import NoAssociationError, Peer, request
 from dicom_node.doorbell import Doorbell
+from dicom_node.receive.objectstore import storage_for
 from dicom_node.store import history
 from dicom_node.store.db import Delivery, DestinationStatus, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
@@ -69,7 +70,7 @@ def ensure_delivery(
     destination: str,
     sop_class_uid: str,
     sop_instance_uid: str,
-    path: Path,
+    path: Path | str,
     study_uid: str,
     kind: str,
     job_id: int | None,
@@ -284,6 +285,8 @@ class Deliverer:
         self._lanes = _Lanes(on_lane_free)
         check_tls(self.live.current)
         self._known_status: set[str] = set()
+        # Objects in a bucket (cluster with S3 storage) are downloaded here to be sent.
+        self.storage = storage_for(self.live.current)
 
     @property
     def settings(self) -> Settings:
@@ -360,7 +363,7 @@ class Deliverer:
             self._ensure_status(name)
             for start in range(0, len(items), MAX_CONTEXTS):
                 batch = items[start : start + MAX_CONTEXTS]
-                thread = self._lanes.start(dest, batch, self._send_batch)
+                thread = self._lanes.start(dest, batch, self._send_stored)
                 if thread is None:  # the lane is full: the next scan takes the rest
                     break
                 threads.append(thread)
@@ -369,6 +372,22 @@ class Deliverer:
             for thread in threads:
                 thread.join()
         return started
+
+    def _send_stored(self, dest: Destination, items: list[DeliveryItem]) -> None:
+        """Send a batch whose objects may be in a bucket: each is downloaded to a local
+        file for the C-STORE (sent as stored, byte for byte); one that cannot be read now
+        is retried later, like a destination that does not answer."""
+        folder = self.settings.data_dir / "outgoing"
+        with self.storage.local_files([item.path for item in items], folder) as files:
+            ready = []
+            for item in items:
+                local = files[item.path]
+                if isinstance(local, Exception):
+                    self._record(item, dest, None, f"cannot read from storage: {local}")
+                else:
+                    ready.append(replace(item, path=str(local)))
+            if ready:
+                self._send_batch(dest, ready)
 
     def _send_batch(self, dest: Destination, items: list[DeliveryItem]) -> None:
         """One association (or one STOW-RS request) for the batch, by destination kind."""

@@ -15,22 +15,40 @@ Processing can be paused: a row in ``node_setting`` that every claim reads, so e
 worker of every process honours it, and it outlives a restart (an operator who paused
 the node for a PACS maintenance does not want a reboot to resume it). Running jobs
 finish; nothing new starts.
+
+In cluster mode (``dicom_node.cluster``) a job is also a Celery task: the job row is
+written first, and the task is published after the commit that wrote it
+(:func:`publish_on_commit`), so a worker never gets a task whose row it cannot see. The
+task claims its job by id (:func:`claim_job`); a task whose job is done, or running on a
+live worker, does nothing, and a job whose worker is gone is taken over.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store import history
-from dicom_node.store.db import Job, Series, Setting, Study, utcnow
+from dicom_node.store.db import ClusterMember, Job, Series, Setting, Study, utcnow
 from dicom_node.store.states import EventKind, JobState
+
+log = logging.getLogger(__name__)
+
+# Jobs queued in a session and not yet committed: (job id, route name), in Session.info.
+_UNPUBLISHED = "dicom_node.unpublished_jobs"
+
+QueuedJob = tuple[int, str]  # (job id, route name)
+JobPublisher = Callable[[Sequence[QueuedJob]], None]
 
 # How many queued jobs one claim looks at: the oldest first; a lost race tries the next.
 _CLAIM_CANDIDATES = 5
@@ -208,6 +226,8 @@ def enqueue(
     )
     session.add(job)
     session.flush()
+    # Published (cluster mode) only once the row is committed: see publish_on_commit.
+    session.info.setdefault(_UNPUBLISHED, []).append((job.id, route_name))
     detail: dict[str, Any] = {"reason": reason} if reason else {}
     history.record(
         session,
@@ -254,6 +274,54 @@ def rerun_series(sessions: sessionmaker[Session], series_uid: str, reason: str) 
         return [job.id for job in jobs if job is not None]
 
 
+def publish_on_commit(sessions: sessionmaker[Session], publish: JobPublisher) -> None:
+    """Hand the jobs queued in a session of ``sessions`` to ``publish`` after its commit.
+
+    The cluster's outbox rule: the row first, then the message. A message published before
+    the commit could reach a worker that does not see the row yet (or ever: a rollback); a
+    commit whose publish fails (broker down, process killed between the two) leaves a
+    queued job without a message, which the sweep republishes. ``publish`` must not block
+    (the completion loop calls it); exceptions are logged, never raised to the committer.
+    """
+
+    def committed(session: Session) -> None:
+        jobs = session.info.pop(_UNPUBLISHED, None)
+        if not jobs:
+            return
+        try:
+            publish(list(jobs))
+        except Exception:  # the sweep republishes what no broker holds
+            log.exception("could not publish %d job(s); the sweep will", len(jobs))
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_UNPUBLISHED, None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_soft_rollback", lambda s, _t: rolled_back(s))
+
+
+def _record_started(session: Session, job: Job, worker: str) -> None:
+    series = session.get(Series, job.series_id)
+    history.record(
+        session,
+        EventKind.JOB_STARTED,
+        series_uid=series.series_uid if series else "",
+        study_uid=series.study.study_uid if series else "",
+        job_id=job.id,
+        worker=worker,
+        attempt=job.attempts,
+    )
+
+
+def _claim_values(worker: str) -> dict[str, Any]:
+    return {
+        "state": JobState.RUNNING,
+        "worker": worker,
+        "started_at": utcnow(),
+        "attempts": Job.attempts + 1,
+    }
+
+
 def claim_next(sessions: sessionmaker[Session], worker: str) -> int | None:
     """Atomically take the oldest queued job for ``worker``; None when there is none or
     processing is paused."""
@@ -270,30 +338,140 @@ def claim_next(sessions: sessionmaker[Session], worker: str) -> int | None:
             claimed = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.QUEUED)
-                .values(
-                    state=JobState.RUNNING,
-                    worker=worker,
-                    started_at=utcnow(),
-                    attempts=Job.attempts + 1,
-                )
+                .values(**_claim_values(worker))
             ).rowcount  # type: ignore[attr-defined]
             if claimed:
                 job = session.get(Job, job_id)
                 assert job is not None
-                series = session.get(Series, job.series_id)
-                history.record(
-                    session,
-                    EventKind.JOB_STARTED,
-                    series_uid=series.series_uid if series else "",
-                    study_uid=series.study.study_uid if series else "",
-                    job_id=job_id,
-                    worker=worker,
-                    attempt=job.attempts,
-                )
+                _record_started(session, job, worker)
                 session.commit()
                 return job_id
             session.rollback()
     return None
+
+
+class Claim(StrEnum):
+    """What :func:`claim_job` found (cluster mode: a task names its job)."""
+
+    CLAIMED = "claimed"  # was queued; now running here
+    TAKEN_OVER = "taken_over"  # was running on a member that is gone; now running here
+    BUSY = "busy"  # running on a live member: that one finishes it
+    ENDED = "ended"  # done or failed already: the task is a duplicate
+    MISSING = "missing"  # no such job (deleted)
+
+
+def _member_alive(session: Session, name: str, fresh_after: dt.datetime) -> bool:
+    return (
+        session.scalar(
+            select(ClusterMember.name).where(
+                ClusterMember.name == name, ClusterMember.seen_at >= fresh_after
+            )
+        )
+        is not None
+    )
+
+
+def claim_job(
+    sessions: sessionmaker[Session], job_id: int, worker: str, *, fresh_after: dt.datetime
+) -> Claim:
+    """Take job ``job_id`` for ``worker`` if nobody alive holds it (cluster mode).
+
+    Several messages may name one job (a redelivery after a worker died, a republish by
+    the sweep); the job runs once because the claim is a conditional UPDATE. A job
+    ``running`` on a member whose heartbeat is older than ``fresh_after`` (or that has no
+    row) was abandoned, and is taken over with a ``job.requeued`` event.
+    """
+    for _ in range(3):  # a lost race is looked at again: the winner may have ended already
+        with sessions() as session:
+            row = session.execute(select(Job.state, Job.worker).where(Job.id == job_id)).first()
+            if row is None:
+                return Claim.MISSING
+            state, owner = JobState(row.state), str(row.worker or "")
+            if state in (JobState.DONE, JobState.FAILED):
+                return Claim.ENDED
+            condition: ColumnElement[bool]
+            if state is JobState.RUNNING:
+                if owner != worker and _member_alive(session, owner, fresh_after):
+                    return Claim.BUSY
+                condition = (Job.state == JobState.RUNNING) & (Job.worker == owner)
+            else:
+                condition = Job.state == JobState.QUEUED
+            claimed = session.execute(
+                update(Job).where(Job.id == job_id, condition).values(**_claim_values(worker))
+            ).rowcount  # type: ignore[attr-defined]
+            if not claimed:
+                session.rollback()
+                continue
+            job = session.get(Job, job_id)
+            assert job is not None
+            if state is JobState.RUNNING:
+                history.record(
+                    session,
+                    EventKind.JOB_REQUEUED,
+                    job_id=job_id,
+                    reason=f"worker {owner} gone while running",
+                )
+            _record_started(session, job, worker)
+            session.commit()
+            return Claim.TAKEN_OVER if state is JobState.RUNNING else Claim.CLAIMED
+    return Claim.BUSY
+
+
+def requeue_abandoned(
+    sessions: sessionmaker[Session], *, fresh_after: dt.datetime
+) -> list[QueuedJob]:
+    """Put running jobs whose member is gone (no heartbeat since ``fresh_after``) back in
+    the queue (cluster mode); returns them, for the caller to publish."""
+    requeued: list[QueuedJob] = []
+    with sessions() as session:
+        live = select(ClusterMember.name).where(ClusterMember.seen_at >= fresh_after)
+        rows = session.execute(
+            select(Job.id, Job.worker, Job.route_name).where(
+                Job.state == JobState.RUNNING, Job.worker.not_in(live)
+            )
+        ).all()
+        for job_id, owner, route_name in rows:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == owner)
+                .values(state=JobState.QUEUED)
+            ).rowcount  # type: ignore[attr-defined]
+            if done:
+                history.record(
+                    session,
+                    EventKind.JOB_REQUEUED,
+                    job_id=job_id,
+                    reason=f"worker {owner} gone while running",
+                )
+                requeued.append((job_id, route_name))
+        session.commit()
+    return requeued
+
+
+def release(sessions: sessionmaker[Session], job_id: int, worker: str, reason: str) -> bool:
+    """Give a running job of ``worker`` back to the queue (its run broke off without an
+    outcome: the database went away mid-job). Returns whether it was released."""
+    with sessions() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == worker)
+            .values(state=JobState.QUEUED)
+        ).rowcount  # type: ignore[attr-defined]
+        if done:
+            history.record(session, EventKind.JOB_REQUEUED, job_id=job_id, reason=reason)
+        session.commit()
+        return bool(done)
+
+
+def queued_before(sessions: sessionmaker[Session], before: dt.datetime) -> list[QueuedJob]:
+    """Queued jobs created before ``before``, oldest first (the sweep's candidates)."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Job.id, Job.route_name)
+            .where(Job.state == JobState.QUEUED, Job.created_at < before)
+            .order_by(Job.id)
+        ).all()
+    return [(int(job_id), str(route)) for job_id, route in rows]
 
 
 def finish(
@@ -303,18 +481,24 @@ def finish(
     *,
     error: str = "",
     started: float | None = None,
-) -> None:
+    worker: str | None = None,
+) -> bool:
     """End a running job as DONE or FAILED, with its error text and duration.
 
     ``started`` is the ``time.monotonic()`` at which the runner began, for the event's
-    duration.
+    duration. With ``worker`` (cluster mode) the job ends only while that worker still
+    holds it: a worker that was taken for gone and taken over must not overwrite the
+    outcome of the one that took over. Returns whether the job was ended.
     """
     if state not in (JobState.DONE, JobState.FAILED):
         raise ValueError(f"a job ends done or failed, not {state}")
     with sessions() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=worker is not None)
         if job is None:
-            return
+            return False
+        if worker is not None and (job.state != JobState.RUNNING or job.worker != worker):
+            log.warning("job %d is no longer held by %s; its outcome is dropped", job_id, worker)
+            return False
         job.state = state
         job.error = error[:4000]
         job.finished_at = utcnow()
@@ -336,6 +520,7 @@ def finish(
             error=error,
         )
         session.commit()
+    return True
 
 
 def requeue_interrupted(sessions: sessionmaker[Session], worker: str | None = None) -> int:

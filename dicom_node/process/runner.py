@@ -11,10 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +21,7 @@ from dicom_node.config import LiveSettings, Route, Settings
 from dicom_node.dispatch.delivery import ensure_delivery
 from dicom_node.process import queue
 from dicom_node.process.heatmap import display_png
-from dicom_node.receive.spool import write_atomic
+from dicom_node.receive.objectstore import Storage, storage_for
 from dicom_node.store import history
 from dicom_node.store.db import Instance, Job, Result, Series, Study
 from dicom_node.store.states import EventKind, JobState
@@ -58,7 +56,8 @@ class JobContext:
     route: Route
     study_uid: str
     series_uid: str
-    instances: tuple[tuple[str, str, str], ...]  # (sop_class_uid, sop_instance_uid, path)
+    # (sop_class_uid, sop_instance_uid, location: a spool file or an object)
+    instances: tuple[tuple[str, str, str], ...]
     # The settings in force when the job started: an edit of the routes or destinations
     # on the admin page while it runs applies to the next job, not half of this one.
     settings: Settings
@@ -101,14 +100,17 @@ class JobRunner:
         models: ModelProvider | None,
         *,
         on_deliveries: Callable[[], None] | None = None,
+        storage: Storage | None = None,
     ) -> None:
         """``on_deliveries`` is called after each commit that queued deliveries (the
         node rings the delivery thread's doorbell: results go out without a poll wait).
-        ``settings`` may be live (``LiveSettings``): each job reads it once as it starts."""
+        ``settings`` may be live (``LiveSettings``): each job reads it once as it starts.
+        ``storage`` reads the instances and keeps the results (default: the settings')."""
         self.live = LiveSettings.of(settings)
         self.sessions = sessions
         self.models = models
         self.on_deliveries = on_deliveries
+        self.storage = storage if storage is not None else storage_for(self.live.current)
 
     @property
     def settings(self) -> Settings:
@@ -122,8 +124,12 @@ class JobRunner:
             except Exception:  # the delivery poll sends them anyway
                 log.exception("could not wake the delivery")
 
-    def run(self, job_id: int) -> None:
-        """Run a claimed job to ``done`` or ``failed``; never raises for job errors."""
+    def run(self, job_id: int, worker: str | None = None) -> None:
+        """Run a claimed job to ``done`` or ``failed``; never raises for job errors.
+
+        ``worker`` (cluster mode) is who claimed it: the outcome is written only while
+        that worker still holds the job (``queue.finish``).
+        """
         started = time.monotonic()
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -133,7 +139,12 @@ class JobRunner:
                 ctx = _load_context(session, self.settings, job)
             except JobError as exc:
                 queue.finish(
-                    self.sessions, job_id, JobState.FAILED, error=str(exc), started=started
+                    self.sessions,
+                    job_id,
+                    JobState.FAILED,
+                    error=str(exc),
+                    started=started,
+                    worker=worker,
                 )
                 return
         try:
@@ -149,9 +160,10 @@ class JobRunner:
                 JobState.FAILED,
                 error=f"{type(exc).__name__}: {exc}",
                 started=started,
+                worker=worker,
             )
             return
-        queue.finish(self.sessions, job_id, JobState.DONE, started=started)
+        queue.finish(self.sessions, job_id, JobState.DONE, started=started, worker=worker)
 
     # -- steps ------------------------------------------------------------------------
     def _forward(self, ctx: JobContext) -> None:
@@ -164,7 +176,7 @@ class JobRunner:
                         destination=dest,
                         sop_class_uid=sop_class,
                         sop_instance_uid=sop_uid,
-                        path=Path(path),
+                        path=path,
                         study_uid=ctx.study_uid,
                         kind="forward",
                         job_id=ctx.job_id,
@@ -190,7 +202,7 @@ class JobRunner:
         model = self.models.get(model_id)
         load_s = time.monotonic() - t0
         t1 = time.monotonic()
-        datasets = [dcmread(path) for _, _, path in ctx.instances]
+        datasets = [self.storage.read_dataset(location) for _, _, location in ctx.instances]
         read_s = time.monotonic() - t1
         prediction = model.predict_series(datasets, key_slices=ctx.route.key_slices)
         t2 = time.monotonic()
@@ -270,7 +282,7 @@ class JobRunner:
         with self.sessions() as session:
             stored = session.get(Result, result_id)
             if stored is not None:
-                stored.heatmap_path = str(heatmap_path) if heatmap_path else ""
+                stored.heatmap_path = heatmap_path or ""
                 stored.timings = {
                     **stored.timings,
                     "heatmap_png": round(time.monotonic() - t3, 4),
@@ -279,8 +291,8 @@ class JobRunner:
 
     def _build_and_store(
         self, ctx: JobContext, datasets: Sequence[Dataset], prediction: SeriesPrediction
-    ) -> list[tuple[str, str, str, Path]]:
-        """Build SR/SC(/PDF) objects and write them under ``data/results``.
+    ) -> list[tuple[str, str, str, str]]:
+        """Build SR/SC(/PDF) objects and store them (``data/results`` or the bucket).
 
         One SR is built per SR class needed by the route's destinations (a PACS without 3D
         SR support gets a Comprehensive SR); the kind is "sr:<class>" to keep their UIDs apart.
@@ -292,7 +304,7 @@ class JobRunner:
             or {"comprehensive3d"}
         )
         predecessor = self._predecessor(ctx, prediction.model.id)
-        stored: dict[str, tuple[str, str, str, Path]] = {}
+        stored: dict[str, tuple[str, str, str, str]] = {}
         for sr_class in sr_classes:
             built = build_results(
                 datasets,
@@ -309,9 +321,8 @@ class JobRunner:
                 kind = f"sr:{sr_class}" if obj.kind == "sr" else obj.kind
                 if uid in {v[1] for v in stored.values()}:
                     continue
-                path = self._result_path(ctx, ds)
-                write_atomic(path, _encode(ds))
-                stored[f"{kind}:{uid}"] = (kind, uid, str(ds.SOPClassUID), path)
+                location = self.storage.write_result(self._result_name(ctx, ds), _encode(ds))
+                stored[f"{kind}:{uid}"] = (kind, uid, str(ds.SOPClassUID), location)
         return list(stored.values())
 
     def _predecessor(self, ctx: JobContext, model_id: str) -> dict[str, Any]:
@@ -337,36 +348,28 @@ class JobRunner:
         found: dict[str, Any] = {}
         for obj in previous or []:
             kind = str(obj.get("kind", ""))
-            if not kind.startswith("sr:") or not Path(obj["path"]).is_file():
+            if not kind.startswith("sr:") or not self.storage.exists(obj["path"]):
                 continue
-            ds = dcmread(obj["path"], stop_before_pixels=True)
+            ds = self.storage.read_dataset(obj["path"], stop_before_pixels=True)
             found[kind.split(":", 1)[1]] = Predecessor.from_dataset(ds)
         return found
 
-    def _result_path(self, ctx: JobContext, ds: Dataset) -> Path:
-        return (
-            ctx.settings.results_dir
-            / ctx.study_uid
-            / str(ds.SeriesInstanceUID)
-            / f"{ds.SOPInstanceUID}.dcm"
-        )
+    def _result_name(self, ctx: JobContext, ds: Dataset) -> str:
+        """``<study>/<series>/<sop>.dcm`` under the results folder or prefix."""
+        return f"{ctx.study_uid}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
 
     def _store_heatmap(
         self, ctx: JobContext, model_id: str, prediction: SeriesPrediction
-    ) -> Path | None:
+    ) -> str | None:
         """Write the admin page's picture of the key heatmap: the Secondary Capture's
         labelled picture at display size (see ``dicom_node.process.heatmap``)."""
         if not prediction.heatmaps:
             return None
         from dicom_node.results.picture import labelled_heatmap
 
-        path = (
-            ctx.settings.results_dir
-            / "heatmaps"
-            / f"{ctx.series_uid}_{model_id}_g{ctx.generation}.png"
-        )
-        write_atomic(path, display_png(labelled_heatmap(prediction, prediction.heatmaps[0])))
-        return path
+        name = f"heatmaps/{ctx.series_uid}_{model_id}_g{ctx.generation}.png"
+        picture = labelled_heatmap(prediction, prediction.heatmaps[0])
+        return self.storage.write_result(name, display_png(picture))
 
 
 def _object_for_destination(kind: str, settings: Settings, dest: str) -> bool:

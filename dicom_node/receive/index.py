@@ -202,7 +202,7 @@ def _event(
 def _index_once(
     conn: Connection,
     meta: InstanceMeta,
-    path: Path,
+    path: Path | str,
     size: int,
     calling_ae: str,
     remote_address: str,
@@ -272,7 +272,7 @@ def _record_duplicate(
 def index_instance(
     sessions: sessionmaker[Session],
     meta: InstanceMeta,
-    path: Path,
+    path: Path | str,
     size: int,
     *,
     calling_ae: str = "",

@@ -163,13 +163,14 @@ class Ingestor:
             synced=file_synced is not None,
             sync_folder=False,
         )
-        # The folder's fsync runs while the index rows are written; the commit waits for it.
-        folder_synced = self.background(self.spool.sync_folder, stored.path.parent)
+        # The name is made durable (the folder's fsync; for an object store, the upload)
+        # while the index rows are written; the commit waits for it.
+        folder_synced = self.background(self.spool.make_durable, stored)
         try:
             outcome = index_instance(
                 self.sessions,
                 meta,
-                stored.path,
+                stored.location,
                 stored.size,
                 calling_ae=origin.calling_ae,
                 remote_address=origin.remote_address,

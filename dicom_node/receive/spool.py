@@ -32,9 +32,15 @@ class SpoolFullError(OSError):
 
 @dataclass(frozen=True)
 class SpoolResult:
-    path: Path
+    path: Path  # the file on this host (the spool file, or the uploaded incoming file)
     size: int
     created: bool  # False when an identical SOP Instance UID was already stored
+    # What the index records: the spool file's path, or s3://bucket/key (ObjectSpool).
+    location: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.location:
+            object.__setattr__(self, "location", str(self.path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,11 +54,14 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, incoming: Path | None = None) -> None:
+        """``incoming`` is where associations stream their files (default
+        ``<root>/.incoming``); receivers that share one spool folder each need their own,
+        since a receiver's start-up removes what it finds there."""
         self.root = root
-        self.tmp = root / ".incoming"
+        self.tmp = incoming if incoming is not None else root / ".incoming"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -151,6 +160,16 @@ class Spool:
             _fsync_dir(folder)
         except OSError as exc:
             raise SpoolFullError(exc.errno, f"spool folder sync failed: {exc.strerror}") from exc
+
+    def make_durable(self, result: SpoolResult) -> None:
+        """Make a stored name durable (after ``commit(..., sync_folder=False)``).
+
+        Raises
+        ------
+        SpoolFullError
+            The fsync failed.
+        """
+        self.sync_folder(result.path.parent)
 
     @staticmethod
     def _fsync_file(path: Path) -> None:

@@ -28,15 +28,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import LiveSettings, Settings
 from dicom_node.process import queue
+from dicom_node.receive.objectstore import storage_for
 from dicom_node.route.rules import RouteDecision, evaluate, tags_for
 from dicom_node.store import history
 from dicom_node.store.db import Instance, Series, Study, utcnow
@@ -69,7 +68,8 @@ def route_series(
     if first is None:
         decision = RouteDecision((), ("series has no instances",))
     else:
-        ds = dcmread(Path(first.path), stop_before_pixels=True)
+        # A file, or an object that another receiver of the cluster stored.
+        ds = storage_for(settings).read_dataset(first.path, stop_before_pixels=True)
         decision = evaluate(
             settings.routes, tags_for(ds, series.calling_ae), model_available=model_available
         )

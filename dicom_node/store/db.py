@@ -372,6 +372,26 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class ClusterMember(Base):
+    """One role process of a cluster (receive, worker, dispatch, web), with its heartbeat.
+
+    A job whose worker is not here, or was last seen longer ago than
+    ``cluster.member_timeout``, was abandoned (SIGKILL, a lost host): another worker of its
+    model may take it. Written by ``dicom_node.cluster.members`` alone.
+    """
+
+    __tablename__ = "cluster_member"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # role@host:pid
+    role: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    queues: Mapped[list[Any]] = mapped_column(default=list)
+    models: Mapped[list[Any]] = mapped_column(default=list)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 class Setting(Base):
     """Small persistent values the node generates once (e.g. the web session secret)."""
 
@@ -411,6 +431,10 @@ def make_engine(url: str) -> Engine:
     return sa_create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+# PostgreSQL advisory lock key held while migrating (any constant unique to this purpose).
+_MIGRATION_LOCK = 0x44434D4E  # "DCMN"
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (the newest by default); idempotent."""
     _migrate(engine, "upgrade", revision)
@@ -442,6 +466,10 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
             connection.commit()
         try:
             with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    # Cluster roles start together on one database: one migrates, the
+                    # others wait here and then find the schema at its head.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
                 cfg.attributes["connection"] = connection
                 run(cfg, revision)
         finally:

@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from dicom_node.store.db import Delivery
@@ -234,8 +234,8 @@ def result_object(
         return Response(
             f"no {kind} object for this result", status_code=404, media_type="text/plain"
         )
-    return FileResponse(
-        path,
+    return Response(
+        render.object_bytes(path),
         media_type="application/dicom",
-        filename=f"result-{result_id}-{kind}.dcm",
+        headers={"Content-Disposition": f'attachment; filename="result-{result_id}-{kind}.dcm"'},
     )

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicom_node.receive.objectstore import reader_for
 from dicom_node.web.schemas import SRNode
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,36 +66,54 @@ def slice_plot_svg(
 # -- Grad-CAM image and PDF --------------------------------------------------------------------
 
 
-def _object_paths(objects: Sequence[Any], kind: str) -> list[Path]:
+def _object_paths(objects: Sequence[Any], kind: str) -> list[str]:
+    """Locations of a result's objects of one kind: files, or s3:// objects (cluster)."""
     paths = []
     for obj in objects:
         if isinstance(obj, dict) and str(obj.get("kind", "")).split(":")[0] == kind:
             path = obj.get("path")
             if path:
-                paths.append(Path(str(path)))
+                paths.append(str(path))
     return paths
+
+
+def _exists(location: str) -> bool:
+    try:
+        return reader_for(location).exists(location)
+    except OSError:  # an object store that does not answer: shown as missing
+        return False
+
+
+def _dataset(location: str, **kwargs: Any) -> Dataset:
+    return reader_for(location).read_dataset(location, **kwargs)
 
 
 def has_gradcam(heatmap_path: str, objects: Sequence[Any]) -> bool:
     """Whether a Grad-CAM picture can be shown (stored PNG or Secondary Capture on disk)."""
-    if heatmap_path and Path(heatmap_path).is_file():
+    if heatmap_path and _exists(heatmap_path):
         return True
-    return any(p.is_file() for p in _object_paths(objects, "sc"))
+    return any(_exists(p) for p in _object_paths(objects, "sc"))
 
 
-def object_path(objects: Sequence[Any], kind: str) -> Path | None:
-    """The file of a result's first object of ``kind`` (sr, sc, pdf), if it is on disk."""
-    return next((p for p in _object_paths(objects, kind) if p.is_file()), None)
+def object_path(objects: Sequence[Any], kind: str) -> str | None:
+    """Where a result's first object of ``kind`` (sr, sc, pdf) is, if it is there: a file,
+    or an object in the bucket (cluster mode); read it with :func:`object_bytes`."""
+    return next((p for p in _object_paths(objects, kind) if _exists(p)), None)
+
+
+def object_bytes(location: str) -> bytes:
+    """The bytes of a stored result object (a file, or an object in the bucket)."""
+    return reader_for(location).read_bytes(location)
 
 
 def has_pdf(objects: Sequence[Any]) -> bool:
-    return any(p.is_file() for p in _object_paths(objects, "pdf"))
+    return any(_exists(p) for p in _object_paths(objects, "pdf"))
 
 
-def _sc_to_png(path: Path) -> bytes:
+def _sc_to_png(path: str) -> bytes:
     from PIL import Image
 
-    ds = dcmread(path)
+    ds = _dataset(path)
     pixels = ds.pixel_array
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
@@ -109,14 +126,15 @@ def _sc_to_png(path: Path) -> bytes:
 
 def gradcam_png(heatmap_path: str, objects: Sequence[Any]) -> bytes | None:
     """PNG bytes of the Grad-CAM overlay: the stored heatmap PNG, else the SC object's pixels."""
-    if heatmap_path:
-        path = Path(heatmap_path)
-        if path.is_file():
-            data = path.read_bytes()
-            if data.startswith(PNG_SIGNATURE):
-                return data
+    if heatmap_path and _exists(heatmap_path):
+        try:
+            data = reader_for(heatmap_path).read_bytes(heatmap_path)
+        except OSError:  # gone meanwhile: the SC below may still do
+            data = b""
+        if data.startswith(PNG_SIGNATURE):
+            return data
     for path in _object_paths(objects, "sc"):
-        if path.is_file():
+        if _exists(path):
             try:
                 return _sc_to_png(path)
             except Exception:  # an unreadable SC just means no picture
@@ -127,9 +145,9 @@ def gradcam_png(heatmap_path: str, objects: Sequence[Any]) -> bytes | None:
 def pdf_bytes(objects: Sequence[Any]) -> bytes | None:
     """The PDF inside the Encapsulated PDF result object, without DICOM's padding byte."""
     for path in _object_paths(objects, "pdf"):
-        if not path.is_file():
+        if not _exists(path):
             continue
-        ds = dcmread(path)
+        ds = _dataset(path)
         data = bytes(ds.get("EncapsulatedDocument", b""))
         length = ds.get("EncapsulatedDocumentLength")
         if length:
@@ -240,10 +258,10 @@ def read_sr(objects: Sequence[Any]) -> tuple[list[SRNode] | None, str]:
     if not paths:
         return None, ""
     for path in paths:
-        if not path.is_file():
+        if not _exists(path):
             continue
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = _dataset(path, stop_before_pixels=True)
         except Exception as exc:  # shown on the page, not raised
             return None, f"cannot read the SR file: {type(exc).__name__}"
         return sr_tree(ds), ""
