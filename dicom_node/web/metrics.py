@@ -219,12 +219,16 @@ class NodeCollector(Collector):
         g = GaugeMetricFamily("dicom_node_workers_alive", "Worker processes alive")
         g.add_metric([], float(node.get("workers_alive", 0) or 0))
         yield g
+        # The node reports, per model of an enabled route, whether its weights are there
+        # to load ("ok"); a model waiting for weights is 0 (its routes wait).
         g = GaugeMetricFamily(
-            "dicom_node_model_loaded", "1 when a model is loaded", labels=["model"]
+            "dicom_node_model_loaded",
+            "1 when a model's weights are there to load, 0 while its routes wait for them",
+            labels=["model"],
         )
         for model, value in (node.get("models", {}) or {}).items():
-            loaded = value.get("loaded", True) if isinstance(value, dict) else value
-            g.add_metric([str(model)], 1.0 if loaded else 0.0)
+            ready = value.get("loaded", value.get("ok", True)) if isinstance(value, dict) else value
+            g.add_metric([str(model)], 1.0 if ready else 0.0)
         yield g
 
 

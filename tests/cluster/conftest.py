@@ -220,7 +220,10 @@ class Cluster:
             "node": {"data_dir": str(self.root / name / "data")},
             "scp": {"host": "127.0.0.1", "port": free_port()},
             "storage": storage,
-            "completion": {"quiet_seconds": 1.0, "scan_interval": 0.2},
+            # Longer than a sender needs to turn to the second receiver after the first was
+            # killed (a new storescu process, on a loaded machine): a shorter quiet period
+            # completes the series on its first instances, and the rest re-run it later.
+            "completion": {"quiet_seconds": 4.0, "scan_interval": 0.2},
             "workers": {"processes": 1, "inference_threads": 1},
             "models": {"dir": str(self.models_dir)},
             "web": {"enabled": False},

@@ -272,6 +272,7 @@ def test_metrics(client: TestClient, data: FixtureData) -> None:
     assert samples[("dicom_node_inference_seconds_bucket", (("le", "2.5"), *model))] == 0
     assert samples[("dicom_node_inference_seconds_bucket", (("le", "5.0"), *model))] == 1
     assert samples[("dicom_node_scp_listening", ())] == 1
+    assert samples[("dicom_node_model_loaded", (("model", "chest-xray-pneumonia"),))] == 1
     chest = (("model", "chest-xray-pneumonia"),)
     assert samples[("dicom_node_results", chest)] == 1
     assert samples[("dicom_node_results_out_of_scope", chest)] == 1  # the adult's film
@@ -321,3 +322,21 @@ def test_latency_histogram_counts_new_results_once(
         == 1
     )
     assert _samples(client.get("/metrics").text)[key] == 2
+
+
+def test_model_gauge_reads_the_node_status_keys() -> None:
+    """The node reports ``ok`` / ``waiting_for_weights`` per model (route.waits); the gauge
+    is 0 for a model whose routes wait, 1 for one whose weights are there."""
+    from dicom_node.web.metrics import LatencyHistogram, NodeCollector
+
+    status = {
+        "scp_listening": True,
+        "models": {
+            "chest-xray-pneumonia": {"ok": True, "waiting_for_weights": False},
+            "bone-xray-cnn": {"ok": False, "waiting_for_weights": True},
+        },
+    }
+    collector = NodeCollector(None, lambda: status, LatencyHistogram())  # type: ignore[arg-type]
+    families = {f.name: f for f in collector._node()}
+    samples = {s.labels["model"]: s.value for s in families["dicom_node_model_loaded"].samples}
+    assert samples == {"chest-xray-pneumonia": 1.0, "bone-xray-cnn": 0.0}
