@@ -17,8 +17,8 @@ import pytest
 from pynetdicom import AE
 from sqlalchemy import select
 
-from dicom_node.store.db import Event, Instance, Job, Result
-from dicom_node.store.states import EventKind, JobState
+from dicom_node.store.db import Event, Instance, Job, Result, Series
+from dicom_node.store.states import EventKind, JobState, SeriesState
 from tests.cluster.conftest import Cluster, delivered_once
 from tests.cluster.fixtures import phantom_series
 from tests.peers import have_orthanc, run_orthanc, storescu
@@ -35,6 +35,12 @@ pytestmark = [
 def _jobs_done(cluster: Cluster, count: int) -> bool:
     jobs = cluster.scalars(select(Job))
     return len(jobs) >= count and all(j.state == JobState.DONE for j in jobs)
+
+
+def _series_settled(cluster: Cluster) -> bool:
+    """Every series routed (none still receiving or complete-but-unrouted)."""
+    series = cluster.scalars(select(Series))
+    return bool(series) and all(s.state == SeriesState.ROUTED for s in series)
 
 
 def _result_objects(cluster: Cluster) -> set[str]:
@@ -100,8 +106,12 @@ def test_receiver_killed_during_a_push_loses_no_acknowledged_instance(
 ) -> None:
     """Two receivers behind one "address": the first is SIGKILLed in the middle of an
     association; the sender sends the rest to the second. Every instance that got Success
-    (from either) is stored in S3, indexed, processed in one job, and its results are
-    delivered once. Also: each role's /healthz and /metrics report the role and the queues."""
+    (from either) is stored in S3, indexed and processed, and every result is delivered
+    once. The last processing of the series saw every acknowledged instance: when the
+    sender's switch to the second receiver outlasts the quiet period, the series completes
+    on its first instances and the rest reopen it (late instances, a new generation, as
+    documented), so the series is waited on until nothing of it is receiving any more.
+    Also: each role's /healthz and /metrics report the role and the queues."""
     with run_orthanc(tmp_path / "pacs", aet="ORTHANC") as pacs:
         cluster.pacs_port = pacs.dicom_port
         first = cluster.start("receiver-1", ["receive"])
@@ -114,16 +124,18 @@ def test_receiver_killed_during_a_push_loses_no_acknowledged_instance(
         rest = storescu(second.scp_port or 0, left, aet="MODALITY")
         assert rest.returncode == 0, rest.stderr
         succeeded |= {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in left}
-        cluster.wait_until(lambda: _jobs_done(cluster, 1), 90, "the series' job")
+        cluster.wait_until(
+            lambda: _series_settled(cluster) and _jobs_done(cluster, 1), 120, "the series' jobs"
+        )
         cluster.wait_until(lambda: _all_delivered(cluster), 60, "deliveries")
 
         instances = cluster.scalars(select(Instance))
         stored = {i.sop_instance_uid: i.path for i in instances}
         assert succeeded <= set(stored)
         assert all(path.startswith(f"s3://{cluster.bucket}/spool/") for path in stored.values())
-        (job,) = cluster.scalars(select(Job))
-        (result,) = cluster.scalars(select(Result))
-        # One job saw every acknowledged instance, whichever receiver took it.
+        job = max(cluster.scalars(select(Job)), key=lambda j: j.generation)
+        (result,) = cluster.scalars(select(Result).where(Result.job_id == job.id))
+        # The last job saw every acknowledged instance, whichever receiver took it.
         assert {s["sop_instance_uid"] for s in result.slice_scores} >= succeeded
         assert job.worker.startswith("worker@") and job.worker.endswith(worker.member)
         objects = _assert_each_result_delivered_once(cluster, pacs)
