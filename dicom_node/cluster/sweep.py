@@ -13,7 +13,8 @@ Two things can leave a job without a message that will run it:
   compares, per queue, the queued jobs older than ``republish_after`` with what the broker
   holds (ready messages, plus one in flight per consumer); when the broker holds fewer, it
   publishes those jobs again. Copies are harmless: a task whose job is not queued does
-  nothing (``process.queue.claim_job``).
+  nothing (``process.queue.claim_job``). While processing is paused it republishes nothing
+  (workers leave queued jobs alone then, and resuming publishes every queued job).
 
 Several receivers and dispatchers sweep; a PostgreSQL advisory lock lets one at a time.
 """
@@ -93,6 +94,12 @@ def _sweep(
             [job_id for job_id, _ in report.requeued],
         )
         publisher.publish_now(report.requeued)
+    with sessions() as session:
+        if queue.paused(session) is not None:
+            # Workers leave queued jobs alone while paused; resume publishes them all.
+            report.skipped = "processing paused"
+            members.forget_gone(sessions)
+            return
     candidates = queue.queued_before(
         sessions, now - dt.timedelta(seconds=settings.cluster.republish_after)
     )

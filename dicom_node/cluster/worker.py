@@ -91,6 +91,9 @@ def job_task(
             if claim is not Claim.BUSY or time.monotonic() > deadline:
                 break
             time.sleep(min(0.5, settings.cluster.heartbeat_seconds))
+        if claim is Claim.PAUSED:
+            log.info("job %d: processing is paused; left queued until resumed", job_id)
+            return claim.value
         if claim not in (Claim.CLAIMED, Claim.TAKEN_OVER):
             log.info("job %d: %s, nothing to do", job_id, claim.value)
             return claim.value

@@ -101,12 +101,22 @@ def pause(sessions: sessionmaker[Session], by: str) -> bool:
 
 def resume(sessions: sessionmaker[Session]) -> bool:
     """Claim jobs again; returns False when processing was not paused. The caller rings
-    the workers' doorbell, so queued jobs start now rather than after a poll."""
+    the workers' doorbell, so queued jobs start now rather than after a poll.
+
+    In cluster mode the tasks that reached a worker while paused were dropped (the job
+    stayed queued, see :func:`claim_job`): every queued job is published again after the
+    commit (:func:`publish_on_commit`; a copy of a message still held is a no-op)."""
     with sessions() as session:
         row = session.get(Setting, PAUSE_KEY)
         if row is None:
             return False
         session.delete(row)
+        queued = session.execute(
+            select(Job.id, Job.route_name).where(Job.state == JobState.QUEUED).order_by(Job.id)
+        ).all()
+        session.info.setdefault(_UNPUBLISHED, []).extend(
+            (job_id, route_name) for job_id, route_name in queued
+        )
         session.commit()
         return True
 
@@ -180,6 +190,8 @@ def retry(sessions: sessionmaker[Session], job_id: int, *, by: str) -> None:
             session.rollback()
             session.refresh(job)
             raise QueueError(f"job {job_id} is {job.state}, not failed or cancelled")
+        # Cluster mode: its task is published after the commit, as for a new job.
+        session.info.setdefault(_UNPUBLISHED, []).append((job_id, job.route_name))
         history.record(
             session,
             EventKind.JOB_RETRY_REQUESTED,
@@ -356,6 +368,7 @@ class Claim(StrEnum):
     CLAIMED = "claimed"  # was queued; now running here
     TAKEN_OVER = "taken_over"  # was running on a member that is gone; now running here
     BUSY = "busy"  # running on a live member: that one finishes it
+    PAUSED = "paused"  # processing is paused: left as it is, published again on resume
     ENDED = "ended"  # done or failed already: the task is a duplicate
     MISSING = "missing"  # no such job (deleted)
 
@@ -380,6 +393,10 @@ def claim_job(
     the sweep); the job runs once because the claim is a conditional UPDATE. A job
     ``running`` on a member whose heartbeat is older than ``fresh_after`` (or that has no
     row) was abandoned, and is taken over with a ``job.requeued`` event.
+
+    While processing is paused (the console's pause) no job starts here, neither a queued
+    one nor one taken over: the answer is :attr:`Claim.PAUSED`, the task ends without
+    running it, and :func:`resume` publishes the queued jobs again.
     """
     for _ in range(3):  # a lost race is looked at again: the winner may have ended already
         with sessions() as session:
@@ -387,14 +404,18 @@ def claim_job(
             if row is None:
                 return Claim.MISSING
             state, owner = JobState(row.state), str(row.worker or "")
-            if state in (JobState.DONE, JobState.FAILED):
+            if state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
                 return Claim.ENDED
             condition: ColumnElement[bool]
             if state is JobState.RUNNING:
                 if owner != worker and _member_alive(session, owner, fresh_after):
                     return Claim.BUSY
+                if paused(session) is not None:
+                    return Claim.PAUSED
                 condition = (Job.state == JobState.RUNNING) & (Job.worker == owner)
             else:
+                if paused(session) is not None:
+                    return Claim.PAUSED
                 condition = Job.state == JobState.QUEUED
             claimed = session.execute(
                 update(Job).where(Job.id == job_id, condition).values(**_claim_values(worker))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cluster.members import Membership
 from dicom_node.cluster.queues import all_queues, job_queue, worker_queues
+from dicom_node.cluster.sweep import sweep_once
 from dicom_node.process import queue
 from dicom_node.process.queue import Claim
 from dicom_node.store.db import Event, Job, Series, Study, create_engine, session_factory, utcnow
@@ -132,6 +133,53 @@ def test_the_sweep_requeues_only_jobs_of_members_that_are_gone(
     # A job whose run broke off goes back to the queue, if its worker still holds it.
     assert not queue.release(sessions, ids[0], "worker@other:3", "broke off")
     assert queue.release(sessions, ids[0], "worker@live:1", "broke off")
+
+
+def test_a_pause_holds_every_claim_and_resume_publishes_the_queued_jobs(
+    sessions: sessionmaker[Session], database_url: str, tmp_path: Path
+) -> None:
+    """The console's pause in cluster mode: a task for a queued job (or for one to take
+    over) leaves it queued; the sweep republishes nothing meanwhile; resuming publishes
+    every queued job, and a retried job is published like a new one."""
+    published: list[list[tuple[int, str]]] = []
+    queue.publish_on_commit(sessions, lambda jobs: published.append(list(jobs)))
+    fresh = utcnow() - dt.timedelta(seconds=10)
+    with sessions() as session:
+        first, second = _series(session, "1.2.3.4"), _series(session, "1.2.3.5")
+        jobs = [queue.enqueue(session, s, "chest", study_uid="1.0") for s in (first, second)]
+        session.commit()
+    ids = [job.id for job in jobs if job is not None]
+    assert queue.claim_job(sessions, ids[1], "worker@dead:2", fresh_after=fresh) is Claim.CLAIMED
+    published.clear()
+    assert queue.pause(sessions, "admin")
+    assert queue.claim_job(sessions, ids[0], "worker@a:1", fresh_after=fresh) is Claim.PAUSED
+    # worker@dead:2 has no heartbeat row: its job would be taken over, but not while paused.
+    assert queue.claim_job(sessions, ids[1], "worker@a:1", fresh_after=fresh) is Claim.PAUSED
+
+    class Publisher:
+        app = None
+
+        def publish_now(self, jobs: list[tuple[int, str]]) -> int:
+            published.append(list(jobs))
+            return len(jobs)
+
+    settings = make_settings(tmp_path, storage={"database_url": database_url})
+    report = sweep_once(settings, create_engine(database_url), sessions, Publisher())  # type: ignore[arg-type]
+    assert report.skipped == "processing paused"
+    assert report.requeued == [(ids[1], "chest")]  # back to queued, for after the pause
+    published.clear()
+    with sessions() as session:
+        states = session.scalars(select(Job.state).order_by(Job.id)).all()
+    assert states == [JobState.QUEUED, JobState.QUEUED]
+    assert queue.resume(sessions)
+    assert published == [[(ids[0], "chest"), (ids[1], "chest")]]
+    assert queue.claim_job(sessions, ids[0], "worker@a:1", fresh_after=fresh) is Claim.CLAIMED
+    # A cancelled job's task ends at once (it used to wait as if the job were busy).
+    queue.cancel(sessions, ids[1], by="admin")
+    assert queue.claim_job(sessions, ids[1], "worker@a:1", fresh_after=fresh) is Claim.ENDED
+    published.clear()
+    queue.retry(sessions, ids[1], by="admin")
+    assert published == [[(ids[1], "chest")]]
 
 
 def test_each_model_has_its_queue_and_a_worker_consumes_those_of_its_models(
