@@ -100,7 +100,13 @@ class Node:
             self.spool,
             on_released=self.completion.association_released,
         )
-        self.deliverer = Deliverer(self.live, self.sessions, on_lane_free=self.results_queued.ring)
+        self.deliverer = Deliverer(
+            self.live,
+            self.sessions,
+            on_lane_free=self.results_queued.ring,
+            # Several dispatchers claim deliveries in the database under their member name.
+            claimer=self.cluster.membership.member if self.cluster is not None else "node",
+        )
         self.delivery = DeliveryThread(self.deliverer, wakeup=self.results_queued)
         self._models = models
         self._web_enabled = web

@@ -173,7 +173,7 @@ def base_config(
 
 def drop_queues(config: dict[str, Any]) -> None:
     from dicom_node.cluster.broker import delete_queues
-    from dicom_node.cluster.queues import all_queues
+    from dicom_node.cluster.queues import all_queues, delivery_queue
     from dicom_node.config import load_settings
 
     settings = load_settings(
@@ -182,7 +182,7 @@ def drop_queues(config: dict[str, Any]) -> None:
             k: config[k] for k in ("cluster", "routes", "destinations", "models", "storage")
         },
     )
-    delete_queues(settings, all_queues(settings))
+    delete_queues(settings, [*all_queues(settings), delivery_queue(settings)])
 
 
 # -- CPU per process group ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Celery on RabbitMQ: the app, the publisher of job tasks, and queue depths.
+"""Celery on RabbitMQ: the app, the publisher of job tasks, the dispatchers' wake-ups,
+and queue depths.
 
 The settings that make delivery at-least-once (DESIGN.md, section 5): ``task_acks_late``
 (a task is acknowledged after it ran, so a worker that dies mid-job leaves it unacked),
@@ -19,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dicom_node.cluster.queues import job_queue
+from dicom_node.cluster.queues import delivery_queue, job_queue
 from dicom_node.config import Settings
 from dicom_node.process.queue import QueuedJob
 
@@ -140,6 +141,163 @@ class JobPublisher:
             self._pending.put(None)
             self._thread.join(timeout)
             self._thread = None
+
+
+# Wake-ups are worth nothing after a minute (the dispatchers' poll has sent the results by
+# then), and a backlog of them while no dispatcher runs is bounded.
+_WAKEUP_TTL_MS = 60_000
+_WAKEUP_MAX = 1000
+
+
+def delivery_kombu_queue(settings: Settings) -> Any:
+    """The dispatchers' wake-up queue: durable, its messages transient and short-lived."""
+    from kombu import Exchange, Queue
+
+    name = delivery_queue(settings)
+    exchange = Exchange(settings.cluster.queue_prefix, type="direct", durable=True)
+    return Queue(
+        name,
+        exchange,
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-message-ttl": _WAKEUP_TTL_MS, "x-max-length": _WAKEUP_MAX},
+    )
+
+
+class DeliveryBell:
+    """Wakes a dispatcher on any host when a job has queued deliveries (cluster mode).
+
+    The message is a wake-up, not the work: the deliveries are rows, claimed by the
+    dispatcher that sends them (``dispatch.delivery.Deliverer.due``), with their per
+    destination lanes, batches of up to 128 objects per association and backoff, which a
+    task per object would break up. One dispatcher gets each message (the queue is shared)
+    and claims everything due. A lost wake-up costs the dispatchers' poll interval (0.5 s),
+    nothing else. :meth:`ring` never blocks (the worker calls it after its commit); rings
+    that come while one is being published are sent as one.
+    """
+
+    def __init__(self, settings: Settings, app: Any, sender: str) -> None:
+        self.settings = settings
+        self.app = app
+        self.sender = sender
+        self._wanted = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.sent = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="delivery-bell", daemon=True)
+            self._thread.start()
+
+    def ring(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        queue = delivery_kombu_queue(self.settings)
+        while True:
+            self._wanted.wait()
+            if self._stopped.is_set():
+                return
+            self._wanted.clear()
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    producer.publish(
+                        {"from": self.sender},
+                        exchange=queue.exchange,
+                        routing_key=queue.routing_key,
+                        declare=[queue],
+                        serializer="json",
+                        delivery_mode=1,  # transient: a wake-up need not survive the broker
+                        retry=True,
+                        retry_policy={"max_retries": 1, "interval_start": 0.2},
+                    )
+                self.sent += 1
+                if self._failing:
+                    log.info("dispatchers' wake-ups are published again")
+                    self._failing = False
+            except Exception as exc:  # broker down: the dispatchers' poll sends the results
+                self.failed += 1
+                if not self._failing:  # one line per outage, not one per job
+                    log.warning(
+                        "could not wake the dispatchers through %s (%s); they find the "
+                        "results by their poll",
+                        queue.name,
+                        type(exc).__name__,
+                    )
+                    self._failing = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+class DeliveryBellListener(threading.Thread):
+    """A dispatcher's side of :class:`DeliveryBell`: consumes the wake-up queue and calls
+    ``on_ring`` (the delivery thread's doorbell) for each message. Reconnects after a
+    broker outage, with one log line per outage."""
+
+    def __init__(self, settings: Settings, app: Any, on_ring: Any) -> None:
+        super().__init__(name="delivery-bell-listener", daemon=True)
+        self.settings = settings
+        self.app = app
+        self.on_ring = on_ring
+        self._stopped = threading.Event()
+        self.connected = threading.Event()
+        self.rings = 0
+
+    def _message(self, body: Any, message: Any) -> None:
+        self.rings += 1
+        try:
+            self.on_ring()
+        except Exception:
+            log.exception("delivery wake-up failed")
+
+    def run(self) -> None:
+        from kombu import Consumer
+
+        queue = delivery_kombu_queue(self.settings)
+        failing = False
+        while not self._stopped.is_set():
+            try:
+                with self.app.connection_for_read() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=4.0)
+                    with Consumer(
+                        conn,
+                        queues=[queue],
+                        callbacks=[self._message],
+                        accept=["json"],
+                        no_ack=True,
+                    ):
+                        self.connected.set()
+                        if failing:
+                            log.info("listening for delivery wake-ups on %s again", queue.name)
+                            failing = False
+                        while not self._stopped.is_set():
+                            try:
+                                conn.drain_events(timeout=1.0)
+                            except TimeoutError:
+                                conn.heartbeat_check()
+            except Exception as exc:
+                self.connected.clear()
+                if not failing:
+                    log.warning(
+                        "no delivery wake-ups from %s (%s); polling until the broker is back",
+                        queue.name,
+                        type(exc).__name__,
+                    )
+                    failing = True
+                self._stopped.wait(2.0)
+        self.connected.clear()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        self.join(timeout)
 
 
 def queue_depths(settings: Settings, app: Any, names: Iterable[str]) -> dict[str, tuple[int, int]]:

@@ -23,6 +23,12 @@ def forward_queue(settings: Settings) -> str:
     return f"{settings.cluster.queue_prefix}.forward"
 
 
+def delivery_queue(settings: Settings) -> str:
+    """The dispatchers' wake-up queue: a message says that a job queued deliveries
+    (``cluster.broker.DeliveryBell``)."""
+    return f"{settings.cluster.queue_prefix}.delivery"
+
+
 def route_queue(settings: Settings, route: Route) -> str:
     return model_queue(settings, route.models) if route.models else forward_queue(settings)
 

@@ -5,6 +5,8 @@
 * routing: a model is available when its weights are here or some worker holds it;
 * membership: a heartbeat row for this process;
 * the sweep, in the receive and dispatch roles;
+* in the dispatch role, the wake-ups that workers on any host publish when a job queued
+  deliveries (``cluster.broker.DeliveryBell``), rung into the delivery thread's doorbell;
 * the role's own /healthz and /metrics, when ``cluster.health_port`` is set;
 * for ``serve`` in cluster mode (the process role in this process tree): cluster workers
   in spawned processes, one per ``workers.processes``, holding every routed model whose
@@ -24,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cluster import members
-from dicom_node.cluster.broker import JobPublisher, make_app
+from dicom_node.cluster.broker import DeliveryBellListener, JobPublisher, make_app
 from dicom_node.cluster.health import RoleHealthServer
 from dicom_node.cluster.sweep import Sweeper
 from dicom_node.cluster.worker import worker_process_main
@@ -45,6 +47,7 @@ class NodeLike(Protocol):
     engine: Engine
     sessions: sessionmaker[Session]
     model_available: Any
+    results_queued: Any  # the delivery thread's doorbell
 
     def status(self) -> dict[str, Any]: ...
 
@@ -65,6 +68,7 @@ class ClusterRoles:
         if {"receive", "dispatch"} & set(node.roles):
             self.sweeper = Sweeper(settings, node.engine, node.sessions, self.publisher)
         self.health: RoleHealthServer | None = None
+        self.wakeups: DeliveryBellListener | None = None
         self._workers: dict[str, mp.process.BaseProcess] = {}
         self._running = threading.Event()
         self._stopped = threading.Event()
@@ -92,6 +96,11 @@ class ClusterRoles:
         self.membership.join_cluster()
         if self.sweeper is not None:
             self.sweeper.start()
+        if "dispatch" in self.node.roles:
+            self.wakeups = DeliveryBellListener(
+                self.settings, self.app, self.node.results_queued.ring
+            )
+            self.wakeups.start()
 
     def _status(self) -> dict[str, Any]:
         status = self.node.status()
@@ -149,6 +158,14 @@ class ClusterRoles:
             "published": self.publisher.published,
             "publish_failures": self.publisher.failed,
             **({"sweep": self.sweeper.status()} if self.sweeper is not None else {}),
+            **(
+                {
+                    "delivery_wakeups": self.wakeups.rings,
+                    "wakeups_connected": self.wakeups.connected.is_set(),
+                }
+                if self.wakeups is not None
+                else {}
+            ),
         }
 
     def stop(self) -> None:
@@ -163,6 +180,8 @@ class ClusterRoles:
                 proc.kill()
         if self.sweeper is not None:
             self.sweeper.stop()
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self.publisher.stop()
         self.membership.leave()
         if self.health is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.cluster import members
-from dicom_node.cluster.broker import TASK_NAME, make_app
+from dicom_node.cluster.broker import TASK_NAME, DeliveryBell, make_app
 from dicom_node.cluster.queues import worker_queues
 from dicom_node.config import Settings, StartupError
 from dicom_node.process import queue
@@ -158,8 +158,10 @@ def run_worker(settings: Settings, model_ids: Sequence[str], *, name: str | None
     membership = members.Membership(
         sessions, settings, "worker", queues=queues, models=list(model_ids), name=name
     )
-    runner = JobRunner(settings, sessions, models, storage=storage)
     app = make_app(settings, queues)
+    # A job that queued deliveries wakes a dispatcher on whatever host it runs.
+    bell = DeliveryBell(settings, app, membership.member)
+    runner = JobRunner(settings, sessions, models, storage=storage, on_deliveries=bell.ring)
     body = job_task(settings, sessions, runner, membership.member)
 
     @app.task(name=TASK_NAME)
@@ -167,6 +169,7 @@ def run_worker(settings: Settings, model_ids: Sequence[str], *, name: str | None
         return body(int(job_id))
 
     membership.join_cluster()
+    bell.start()
     health = None
     if settings.cluster.health_port:
         health = RoleHealthServer(
@@ -198,6 +201,7 @@ def run_worker(settings: Settings, model_ids: Sequence[str], *, name: str | None
         worker.start()
         code = int(getattr(worker, "exitcode", 0) or 0)
     finally:
+        bell.stop()
         if health is not None:
             health.stop()
         membership.leave()

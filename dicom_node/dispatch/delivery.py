@@ -9,6 +9,11 @@ already done and sends nothing twice. Each attempt
 also updates the destination's ``destination_status`` row (last success, last error),
 which the destinations page shows. A destination with ``enabled = false`` is held: its
 deliveries stay pending until it is enabled again.
+
+Several dispatchers may share the database (cluster mode): each claims the due rows it is
+about to send (``delivery.claimed_by``, a conditional UPDATE), so no row is sent by two of
+them at once; a claim of a dispatcher whose heartbeat is stale is taken over. The
+embedded node claims as ``node`` (one dispatcher: every claim is its own).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +40,7 @@ from dicom_node.dispatch.association import NoAssociationError, Peer, request
 from dicom_node.doorbell import Doorbell
 from dicom_node.receive.objectstore import storage_for
 from dicom_node.store import history
-from dicom_node.store.db import Delivery, DestinationStatus, utcnow
+from dicom_node.store.db import ClusterMember, Delivery, DestinationStatus, utcnow
 from dicom_node.store.states import DeliveryState, EventKind
 from dicom_node.tls import HandshakeRecordingContext, TlsConfigError, client_context
 
@@ -276,11 +281,14 @@ class Deliverer:
         sessions: sessionmaker[Session],
         *,
         on_lane_free: Callable[[], None] | None = None,
+        claimer: str = "node",
     ) -> None:
         """``settings`` may be live (``LiveSettings``): destinations edited on the admin
-        page apply from the next scan."""
+        page apply from the next scan. ``claimer`` names this dispatcher in the rows it
+        claims: its cluster member name in cluster mode."""
         self.live = LiveSettings.of(settings)
         self.sessions = sessions
+        self.claimer = claimer
         self.counts: dict[str, int] = defaultdict(int)
         self._lanes = _Lanes(on_lane_free)
         check_tls(self.live.current)
@@ -300,13 +308,23 @@ class Deliverer:
         skip: frozenset[int] = frozenset(),
         held: frozenset[str] = frozenset(),
     ) -> dict[str, list[DeliveryItem]]:
-        """Pending deliveries due by ``now``, oldest first, by destination; those in flight
-        (``skip``) and those of held destinations are left out (else a held destination's
-        backlog could fill ``limit`` and starve the others)."""
+        """Pending deliveries due by ``now``, oldest first, by destination, now claimed by
+        this dispatcher; those in flight (``skip``) and those of held destinations are left
+        out (else a held destination's backlog could fill ``limit`` and starve the others).
+
+        A row is claimable when nobody claims it, this dispatcher does (a batch its lane had
+        no room for, or a claim from before a restart), or its claimer is gone (cluster
+        mode: no heartbeat for ``cluster.member_timeout``). The claim is one conditional
+        UPDATE: of two dispatchers scanning at once, each row goes to one of them."""
+        claimable = self._claimable()
         with self.sessions() as session:
             query = (
-                select(Delivery)
-                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                select(Delivery.id)
+                .where(
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.next_attempt_at <= now,
+                    claimable,
+                )
                 .order_by(Delivery.id)
                 .limit(limit)
             )
@@ -314,8 +332,27 @@ class Deliverer:
                 query = query.where(Delivery.id.not_in(skip))
             if held:
                 query = query.where(Delivery.destination.not_in(held))
+            candidates = list(session.scalars(query).all())
+            if not candidates:
+                return {}
+            claimed = set(
+                session.scalars(
+                    update(Delivery)
+                    .where(
+                        Delivery.id.in_(candidates),
+                        Delivery.state == DeliveryState.PENDING,
+                        claimable,
+                    )
+                    .values(claimed_by=self.claimer)
+                    .returning(Delivery.id)
+                ).all()
+            )
+            session.commit()
+            rows = session.scalars(
+                select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
+            ).all()
             groups: dict[str, list[DeliveryItem]] = defaultdict(list)
-            for row in session.scalars(query).all():
+            for row in rows:
                 groups[row.destination].append(
                     DeliveryItem(
                         id=row.id,
@@ -329,6 +366,16 @@ class Deliverer:
                     )
                 )
         return groups
+
+    def _claimable(self) -> ColumnElement[bool]:
+        """Rows this dispatcher may claim (see :meth:`due`)."""
+        mine = or_(Delivery.claimed_by.is_(None), Delivery.claimed_by == self.claimer)
+        settings = self.settings
+        if not settings.clustered:
+            return mine
+        fresh_after = utcnow() - dt.timedelta(seconds=settings.cluster.member_timeout)
+        live = select(ClusterMember.name).where(ClusterMember.seen_at >= fresh_after)
+        return or_(mine, Delivery.claimed_by.not_in(live))
 
     def run_once(self, now: dt.datetime | None = None, *, wait: bool = True) -> int:
         """Start every due delivery whose destination's lane has room.
@@ -514,6 +561,7 @@ class Deliverer:
             row.attempts += 1
             row.last_status = status
             row.last_error = error
+            row.claimed_by = None  # the attempt is over: the next one may be anyone's
             if row.destination in self._known_status:
                 values: dict[str, object] = (
                     {"last_success_at": now}
@@ -545,6 +593,7 @@ class Deliverer:
                 delivery_id=row.id,
                 duration_ms=duration_ms,
                 destination=row.destination,
+                dispatcher=self.claimer,
                 attempt=row.attempts,
                 status=status,
                 error=error,

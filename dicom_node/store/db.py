@@ -245,6 +245,9 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # The dispatcher sending it now (migration 0009): claimed by a conditional UPDATE,
+    # cleared with the attempt's outcome; see ``dispatch.delivery.Deliverer.due``.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
     job: Mapped[Job | None] = relationship(back_populates="deliveries")
 

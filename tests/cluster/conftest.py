@@ -320,7 +320,7 @@ class Cluster:
         if self._engine is not None:
             self._engine.dispose()
         from dicom_node.cluster.broker import delete_queues
-        from dicom_node.cluster.queues import all_queues
+        from dicom_node.cluster.queues import all_queues, delivery_queue
         from dicom_node.config import load_settings
 
         settings = load_settings(
@@ -334,7 +334,7 @@ class Cluster:
         )
         # The broker may be stopped (a failed test): a later run's prefix differs anyway.
         with contextlib.suppress(Exception):
-            delete_queues(settings, all_queues(settings))
+            delete_queues(settings, [*all_queues(settings), delivery_queue(settings)])
 
 
 @pytest.fixture

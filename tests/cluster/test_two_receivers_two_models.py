@@ -1,5 +1,5 @@
 """The cluster of the issue with the real models: two receivers, a worker holding the chest
-model, a worker holding the brain model, a dispatcher; PostgreSQL, RabbitMQ, SeaweedFS (S3)
+model, a worker holding the brain model, two dispatchers; PostgreSQL, RabbitMQ, SeaweedFS (S3)
 and Orthanc as the PACS. Studies pushed by DCMTK ``storescu`` to both receivers come back as
 SR + SC exactly once, each processed on the host that holds its model.
 
@@ -48,7 +48,9 @@ def test_studies_through_two_receivers_are_processed_where_their_model_is(
         receivers = [cluster.start(f"receiver-{i}", ["receive"]) for i in (1, 2)]
         chest = cluster.start("gpu-chest", ["worker", "--models", "chest-xray-pneumonia"])
         brain = cluster.start("gpu-brain", ["worker", "--models", "brain-mri-tumor"])
-        cluster.start("dispatcher", ["dispatch"])
+        # Two dispatchers: each delivery is claimed by one of them (sent once, below).
+        cluster.start("dispatcher-1", ["dispatch"])
+        cluster.start("dispatcher-2", ["dispatch"])
         pushes = [
             (receivers[0], chest_study(tmp_path / "in", "chest-1"), chest),
             (receivers[1], chest_study(tmp_path / "in", "chest-2"), chest),
