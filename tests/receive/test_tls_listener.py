@@ -10,10 +10,12 @@ starts its handshake neither blocks the listener nor stays open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from sqlalchemy import select
 from dicom_node.config import StartupError
 from dicom_node.store.db import Instance, Series
 from dicom_node.tls import client_context
+from tests import raw_peer
 from tests.commands.test_serve import _config, _serve, _serve_fails, _stop, _wait_ready
 from tests.dicom_files import dataset_bytes, pydicom_file
 from tests.peers import (
@@ -444,3 +447,90 @@ def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{text!r} not in {path} after {timeout} s:\n{path.read_text()}")
         time.sleep(0.2)
+
+
+# -- hostile peers over TLS: the same bounds as on the plain port ---------------------------
+
+
+def _tls_associate(node: Any, files: TlsFiles) -> ssl.SSLSocket:
+    """An established association over TLS from a raw socket (no client certificate)."""
+
+    raw = raw_peer.connect(node.tls_port, "127.0.0.1")
+    sock = client_context(ca_certificates=files.ca).wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(raw_peer.associate_rq())
+    pdu_type, _ = raw_peer.read_pdu(sock)
+    assert pdu_type == raw_peer.ASSOCIATE_AC
+    return sock
+
+
+def _closed_within(sock: ssl.SSLSocket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the node closed the TLS connection within ``seconds``, and what it sent."""
+    deadline = time.monotonic() + seconds
+    received = bytearray()
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except (ConnectionError, ssl.SSLError):
+            return True, bytes(received)
+        if not chunk:
+            return True, bytes(received)
+        received += chunk
+    return False, bytes(received)
+
+
+def _pdu_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("dicom_node") and "PDU" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("kind", ["oversized", "trickle"])
+def test_hostile_pdus_over_tls_are_bounded_like_plain_ones(
+    start_node: Any, tls_files: TlsFiles, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Inside a TLS association: a P-DATA-TF header announcing 96 MiB (over
+    scp.max_pdu_size) is refused from its header, and a PDU sent a byte every 0.5 s is
+    dropped at its deadline (scp.network_timeout); A-ABORT, one line each, and a
+    well-behaved TLS peer is served meanwhile (the reads never block the connection's
+    thread)."""
+
+    caplog.set_level(logging.INFO, logger="dicom_node")
+    node = start_node(
+        scp={
+            **tls_section(tls_files, require_client_certificate=False),
+            "network_timeout": 2,
+            "acse_timeout": 2,
+        }
+    )
+    node.tls_port = node.node.scp.bound_tls_port
+    sock = _tls_associate(node, tls_files)
+    if kind == "oversized":
+        sock.sendall(raw_peer.pdu_header(raw_peer.PDATA, 96 * 1024 * 1024) + bytes(65536))
+    else:
+        pdu = raw_peer.pdu_header(raw_peer.PDATA, 1000) + bytes(1000)
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                for byte in pdu:
+                    sock.send(bytes([byte]))
+                    time.sleep(0.5)
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(0.5)
+        assert _echo(node.tls_port, client_context(ca_certificates=tls_files.ca)) == 0x0000
+    closed, data = _closed_within(sock, 10.0)
+    sock.close()
+    assert closed
+    assert data[:1] == bytes([raw_peer.ABORT])
+    [line] = _pdu_lines(caplog)
+    if kind == "oversized":
+        assert f"PDU type 0x04 of {96 * 1024 * 1024} bytes, over the" in line
+        assert "scp.max_pdu_size" in line
+    else:
+        assert "PDU incomplete after 2 s" in line and "scp.network_timeout" in line
+    assert _echo(node.tls_port, client_context(ca_certificates=tls_files.ca)) == 0x0000

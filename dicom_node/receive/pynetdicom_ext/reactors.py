@@ -349,12 +349,15 @@ class EventDrivenDUL(DULServiceProvider):
         it is complete. Returns whether anything arrived (or the connection ended)."""
         transport = cast(Any, self.socket)
         sock = transport.socket
-        if isinstance(sock, ssl.SSLSocket):
-            # TLS records cannot be read with MSG_DONTWAIT; the node listens without TLS.
-            if not transport.ready:
-                return False
-            DULServiceProvider._read_pdu_data(self)
-            return True
+        tls = isinstance(sock, ssl.SSLSocket)
+        # A TLS socket takes no MSG_DONTWAIT: it is made non-blocking for the reads only (the
+        # DUL thread, this one, is the socket's only user; its sends stay blocking) and an
+        # incomplete TLS record reads as SSLWantReadError. Same bounds as plain DICOM then:
+        # the PDU length checked from its header, the PDU's deadline (scp.network_timeout).
+        flags = 0 if tls else socket.MSG_DONTWAIT
+        previous_timeout = sock.gettimeout() if tls else None
+        if tls:
+            sock.settimeout(0.0)
         arrived = False
         try:
             while True:
@@ -362,7 +365,7 @@ class EventDrivenDUL(DULServiceProvider):
                 if pdu is None:
                     got = self._dn_head_got
                     with memoryview(self._dn_head) as view:
-                        count = sock.recv_into(view[got:], 6 - got, socket.MSG_DONTWAIT)
+                        count = sock.recv_into(view[got:], 6 - got, flags)
                     if not count:
                         self._dn_peer_closed()
                         return True
@@ -378,7 +381,7 @@ class EventDrivenDUL(DULServiceProvider):
                 got = self._dn_pdu_got
                 if got < len(pdu):
                     with memoryview(pdu) as view:
-                        count = sock.recv_into(view[got:], len(pdu) - got, socket.MSG_DONTWAIT)
+                        count = sock.recv_into(view[got:], len(pdu) - got, flags)
                     if not count:
                         self._dn_peer_closed()
                         return True
@@ -388,12 +391,19 @@ class EventDrivenDUL(DULServiceProvider):
                     self._dn_reset_pdu()
                     self._dn_decode(pdu)
                     return True
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return arrived
+        except ssl.SSLZeroReturnError:  # the peer ended TLS (close_notify): it closed
+            self._dn_peer_closed()
+            return True
         except OSError:  # reset by the peer, or closed under us by close_now's fallback
             self._dn_reset_pdu()
             transport.close()
             return True
+        finally:
+            if tls:
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    sock.settimeout(previous_timeout)
 
     def _dn_start_pdu(self) -> bool:
         """The header is complete: check type and length, then allocate the PDU."""
