@@ -500,6 +500,9 @@ class DicomwebSettings(_Strict):
     max_request_size: int = Field(2 * 1024**3, ge=1024)
     # Parts (instances) in one request; each is a temporary file until the request ends.
     max_instances: int = Field(10_000, ge=1, le=1_000_000)
+    # A body must keep moving: each MiB of it (and its end) within this many seconds of
+    # the previous one, else 408 and nothing stored (a trickling client holds nothing).
+    body_timeout: float = Field(30.0, gt=0, le=3600)
     # The calling AE title of instances stored over STOW-RS: routes (CallingAETitle) and
     # completion.release_aes match it like a DIMSE sender's; the user is in the events.
     calling_ae: str = "STOW"
@@ -520,6 +523,9 @@ class UploadSettings(_Strict):
     max_request_size: int = Field(2 * 1024**3, ge=1024)
     # Files in one upload; more is refused whole (413).
     max_files: int = Field(1000, ge=1, le=100_000)
+    # A body must keep moving: each MiB of it (and its end) within this many seconds of
+    # the previous one, else 408 and nothing stored.
+    body_timeout: float = Field(30.0, gt=0, le=3600)
     # Pictures and DICOM images with fewer rows or columns are refused (422), as are any
     # smaller than the input of a model their route runs: a model would only enlarge them.
     min_image_size: int = Field(64, ge=1, le=4096)

@@ -13,6 +13,7 @@ over the size limit is refused whole and nothing of it is stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -236,9 +237,43 @@ class PartsReceiver:
         self.ended = True
 
 
-async def receive_parts(stream: AsyncIterator[bytes], receiver: PartsReceiver) -> list[Part]:
-    """Read the whole body from ``stream`` into ``receiver``; its parts, in order."""
-    async for chunk in stream:
+# A body must keep moving: each this many bytes of it (and its end) within body_timeout.
+PACE_BYTES = 1024 * 1024
+
+
+async def receive_parts(
+    stream: AsyncIterator[bytes], receiver: PartsReceiver, *, body_timeout: float, setting: str
+) -> list[Part]:
+    """Read the whole body from ``stream`` into ``receiver``; its parts, in order.
+
+    A slow body is refused (408) when a mebibyte of it (or its rest) does not arrive within
+    ``body_timeout`` seconds of the previous one: a client trickling bytes cannot hold a
+    connection and its temporary files for hours, while a 2 GiB body on a link of 35 KB/s
+    or more still gets through. ``setting`` names the key to change, for the reason.
+
+    Raises
+    ------
+    BodyRefusedError
+        The body is over a limit, malformed or too slow.
+    """
+    loop = asyncio.get_running_loop()
+    chunks = stream.__aiter__()
+    window_start, window_got = loop.time(), 0
+    while True:
+        left = window_start + body_timeout - loop.time()
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout=max(left, 0.0))
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyRefusedError(
+                408,
+                f"request body too slow: less than {PACE_BYTES} bytes in {body_timeout:g} s "
+                f"({setting})",
+            ) from None
         receiver.feed(chunk)
+        window_got += len(chunk)
+        if window_got >= PACE_BYTES:
+            window_start, window_got = loop.time(), window_got % PACE_BYTES
     receiver.close()
     return receiver.parts

@@ -144,7 +144,12 @@ async def _store(request: Request, user: WebUser, study_uid: str | None) -> Resp
                 max_parts=limits.max_instances,
                 background=pool.submit,
             )
-            parts = await receive_parts(request.stream(), receiver)
+            parts = await receive_parts(
+                request.stream(),
+                receiver,
+                body_timeout=limits.body_timeout,
+                setting="dicomweb.body_timeout",
+            )
         except BodyRefusedError as exc:
             await _refused(request, user, study_uid, exc.status, exc.reason)
         except ClientDisconnect:

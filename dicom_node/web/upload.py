@@ -145,7 +145,12 @@ async def receive(request: Request, ctx: WebContext, pool: futures.Executor) -> 
         raise UploadRefusedError(exc.status, exc.reason) from None
     request.state.upload_receiver = receiver  # for the caller's clean-up, whatever happens
     try:
-        await receive_parts(request.stream(), receiver)
+        await receive_parts(
+            request.stream(),
+            receiver,
+            body_timeout=limits.body_timeout,
+            setting="upload.body_timeout",
+        )
     except BodyRefusedError as exc:
         raise UploadRefusedError(exc.status, exc.reason) from None
     except ClientDisconnect:

@@ -5,9 +5,12 @@ nothing of it was stored."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
+import threading
+import time
 import urllib.error
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -344,6 +347,52 @@ def test_a_client_that_goes_away_mid_body_leaves_nothing(door: Door) -> None:
     assert (entry.success, entry.detail["status"]) == (False, 400)
     assert "went away" in entry.detail["reason"]
     door.assert_nothing_stored()
+
+
+def test_a_trickled_body_is_refused_at_its_deadline(
+    start_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends its body a few bytes at a time (each chunk keeps the connection
+    alive) is answered 408 once a MiB has not arrived within dicomweb.body_timeout: one
+    line, an audit entry, nothing stored, and the node serves others meanwhile."""
+    door = make_door(start_node, dicomweb={"body_timeout": 1.5})
+    body = multipart(encode(instance()))
+    host, port = door.url.removeprefix("http://").split("/", 1)[0].split(":")
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {door.token}\r\nContent-Type: {DICOM}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    stop = threading.Event()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                for start in range(0, len(body), 16):
+                    if stop.wait(0.2):
+                        return
+                    sock.sendall(body[start : start + 16])
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        # Meanwhile a well-behaved client is served.
+        assert door.post(multipart(encode(instance()))).status_code == 200
+        answer = sock.recv(4096).decode("latin-1")
+        waited = time.monotonic() - started
+        while "body_timeout" not in answer and (more := sock.recv(4096)):
+            answer += more.decode("latin-1")  # the JSON body may come in a second segment
+        stop.set()
+    sender.join(5)
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert "dicomweb.body_timeout" in answer
+    assert waited < 15, waited  # refused at its deadline, not at the end of the trickle
+    refused = [e for e in door.audits() if not e.success]
+    assert [e.detail["status"] for e in refused] == [408]
+    lines = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert len(door.stored()) == 1  # only the well-behaved client's instance
 
 
 def test_a_sender_can_neither_log_in_nor_read(door: Door) -> None:
