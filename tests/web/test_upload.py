@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -447,6 +448,27 @@ def test_limits(
             content=b"--x--\r\n",
         )
         _refused(door, declared, 413, "larger than 262144 (upload.max_request_size)")
+
+
+def test_a_trickled_upload_is_refused_at_its_deadline(
+    settings: Settings, sessions: sessionmaker[Session], data: FixtureData, uploader: str
+) -> None:
+    """Bytes that come too slowly (no MiB within upload.body_timeout): 408, nothing kept."""
+    for door in make_door(settings, sessions, upload={"body_timeout": 0.5}):
+        body = b'--x\r\nContent-Disposition: form-data; name="modality"\r\n\r\nDX\r\n'
+
+        def trickle(body: bytes = body) -> Iterator[bytes]:
+            for start in range(0, len(body), 4):
+                time.sleep(0.1)
+                yield body[start : start + 4]
+
+        response = door.client.post(
+            "/api/predict",
+            headers={**bearer(uploader), "Content-Type": "multipart/form-data; boundary=x"},
+            content=trickle(),
+        )
+        _refused(door, response, 408, "request body too slow")
+        assert "upload.body_timeout" in response.json()["detail"]
 
 
 def test_expired_token_is_refused_with_the_reason(
