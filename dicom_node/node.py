@@ -38,7 +38,7 @@ from dicom_node.process.worker import (
     worker_main,
 )
 from dicom_node.receive.objectstore import spool_for
-from dicom_node.receive.reconcile import reconcile_spool
+from dicom_node.receive.reconcile import reconcile_incoming, reconcile_spool
 from dicom_node.receive.scp import StoreSCP
 from dicom_node.route.completion import CompletionThread
 from dicom_node.route.waits import model_availability, route_model_status
@@ -212,6 +212,7 @@ class Node:
         requeues those of members that are gone, never all of them here.
         """
         if RECEIVE in self.roles:
+            reconcile_incoming(self.spool, self.sessions)  # objects stored, not indexed (S3)
             left = self.spool.clean_incoming()
             if left:
                 log.warning("removed %d partial file(s) left by an interrupted receive", left)

@@ -417,8 +417,8 @@ class ObjectSpool(Spool):
         return SpoolResult(self.tmp / f"{sop_uid}.dcm", len(data), created=True, location=location)
 
     def iter_files(self) -> list[Path]:
-        """No local files to reconcile: an object exists only once its PUT returned, and
-        the sender got Success only once its index row was committed too."""
+        """No spool files on disk: an object whose index commit did not happen is found
+        from its incoming file instead (``receive.reconcile.reconcile_incoming``)."""
         return []
 
 

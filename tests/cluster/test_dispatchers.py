@@ -84,6 +84,7 @@ def test_dispatchers_claim_each_delivery_once_and_take_over_from_a_gone_one(
             if not got:
                 return
             mine |= got
+            time.sleep(0.01)  # "sending" the batch: the other dispatcher scans meanwhile
 
     threads = [threading.Thread(target=scan, args=(d,)) for d in (first, second)]
     for thread in threads:

@@ -135,3 +135,30 @@ def test_the_admin_page_reads_result_objects_from_the_bucket(
     assert tree is not None and problem == ""
     missing = storage.objects.location("results/none.png")
     assert not render.has_gradcam(missing, [])
+
+
+def test_an_object_stored_but_not_indexed_is_indexed_at_start_up(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    """A receiver killed between the PUT and the index commit: at its restart, the file in
+    its incoming folder names the object, which is indexed; a file whose PUT never
+    happened is not (its sender never got Success), and both files are removed."""
+    from sqlalchemy import select
+
+    from dicom_node.receive.reconcile import reconcile_incoming
+    from dicom_node.store.db import Instance, create_engine, session_factory
+
+    spool = ObjectSpool(tmp_path / "spool", store, tmp_path / "spool" / ".incoming" / "me")
+    spool.tmp.mkdir(parents=True, exist_ok=True)
+    stored, ds = _copy(spool.tmp, "put-not-indexed.dcm", SOPInstanceUID=pydicom.uid.generate_uid())
+    _copy(spool.tmp, "never-put.dcm", SOPInstanceUID=pydicom.uid.generate_uid())
+    uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    location = spool.commit(stored, *uids).location  # the PUT returned; then the crash
+    sessions = session_factory(create_engine(f"sqlite:///{tmp_path / 'node.db'}"))
+
+    assert reconcile_incoming(spool, sessions) == 1
+    with sessions() as session:
+        rows = session.scalars(select(Instance)).all()
+    assert [(r.sop_instance_uid, r.path) for r in rows] == [(uids[2], location)]
+    assert reconcile_incoming(spool, sessions) == 0  # again: nothing new
+    assert spool.clean_incoming() == 2
