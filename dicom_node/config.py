@@ -7,13 +7,14 @@ bad one stops the node with a message that names the file, the key and the probl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import socket
 import threading
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -825,6 +826,15 @@ class LiveSettings:
     def version(self) -> int:
         """How often the settings were replaced since start."""
         return self._version
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[tuple[Settings, int]]:
+        """The settings in force and their version, with no ``replace`` until the block
+        ends: a worker process spawned in the block gets these settings and is
+        subscribed before the next edit (between a replacement's subscribers and its swap,
+        ``current`` is still the old one, which the new worker would never hear about)."""
+        with self._lock:
+            yield self._current, self._version
 
     def subscribe(self, callback: Callable[[Settings, int], None]) -> None:
         """Call ``callback(settings, version)`` on every later ``replace``, before the swap."""

@@ -262,10 +262,10 @@ class Node:
 
     def _spawn_worker(self, name: str) -> None:
         ctx = mp.get_context("spawn")
-        with self._channels_lock:
-            # Under the lock a replacement cannot be half published: these settings and
-            # this version belong together, and the next one goes to this channel too.
-            settings, version = self.live.current, self.live.version
+        # No replacement while the channel is made (the live settings' lock, then the
+        # channels' lock: the order of a replacement too): these settings and this version
+        # belong together, and the next edit goes to this channel.
+        with self.live.held() as (settings, version), self._channels_lock:
             old = self._channels.pop(name, None)
             if old is not None:
                 old.close()

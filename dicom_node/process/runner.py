@@ -138,6 +138,7 @@ class JobRunner:
             try:
                 ctx = _load_context(session, self.settings, job)
             except JobError as exc:
+                log.warning("job %d failed: %s", job_id, exc)
                 queue.finish(
                     self.sessions,
                     job_id,

@@ -150,21 +150,29 @@ SHORT = {"network_timeout": 2, "acse_timeout": 2}
 CLOSE_WITHIN = 10.0
 
 
-def _peer_lines(caplog: pytest.LogCaptureFixture, host: str) -> list[str]:
+def _peer_lines(caplog: pytest.LogCaptureFixture, host: str, expected: int = 1) -> list[str]:
     """Every line the node wrote about ``host`` but the ordinary "association accepted",
-    and any pynetdicom warning or error (which do not name the peer: all of them count)."""
-    lines = []
-    for record in caplog.records:
-        message = record.getMessage()
-        if record.name.startswith("pynetdicom") and record.levelno >= logging.WARNING:
-            lines.append(f"{record.name}: {message}")
-        elif (
-            record.name.startswith("dicom_node")
-            and host in message
-            and not message.startswith("association accepted")
-        ):
-            lines.append(message)
-    return lines
+    and any pynetdicom warning or error (which do not name the peer: all of them count).
+
+    Waits (up to CLOSE_WITHIN) until ``expected`` lines are there: the node writes a line
+    in the association's thread, which may come a moment after the peer saw the answer
+    (an A-ASSOCIATE-RJ is sent, then logged)."""
+    deadline = time.monotonic() + CLOSE_WITHIN
+    while True:
+        lines = []
+        for record in caplog.records:
+            message = record.getMessage()
+            if record.name.startswith("pynetdicom") and record.levelno >= logging.WARNING:
+                lines.append(f"{record.name}: {message}")
+            elif (
+                record.name.startswith("dicom_node")
+                and host in message
+                and not message.startswith("association accepted")
+            ):
+                lines.append(message)
+        if len(lines) >= expected or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
 
 
 def _echo_ok(port: int, source: str = "127.0.0.2") -> bool:
@@ -223,7 +231,7 @@ def test_stalled_connections_keep_slots_for_other_peers(
     assert answers.count(b"") == per_host  # closed by the ARTIM timer, nothing to say
     assert _wait(lambda: limits.count() == 0)
     # 24 refusals and 8 ARTIM closings, within 2 s: the host's budget writes 10 of them.
-    lines = _peer_lines(caplog, "127.0.0.1")
+    lines = _peer_lines(caplog, "127.0.0.1", expected=10)
     assert len(lines) == node.node.scp.peer_log.burst == 10, lines
 
 
@@ -378,7 +386,7 @@ def test_log_lines_per_bad_peer_are_bounded(
             sock.sendall(b"\x9f" * 64)
             assert raw_peer.closed_within(sock, CLOSE_WITHIN)[0]
     burst = node.node.scp.peer_log.burst
-    assert len(_peer_lines(caplog, "127.0.0.7")) == burst
+    assert len(_peer_lines(caplog, "127.0.0.7", expected=burst)) == burst
     with raw_peer.connect(node.port, "127.0.0.8") as sock:
         sock.sendall(b"\x9f" * 64)
         assert raw_peer.closed_within(sock, CLOSE_WITHIN)[0]
