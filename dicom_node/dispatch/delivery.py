@@ -327,6 +327,9 @@ class Deliverer:
                 )
                 .order_by(Delivery.id)
                 .limit(limit)
+                # PostgreSQL: rows another dispatcher is claiming right now are skipped,
+                # not waited for (that one gets them); SQLite ignores it (one writer).
+                .with_for_update(skip_locked=True)
             )
             if skip:
                 query = query.where(Delivery.id.not_in(skip))

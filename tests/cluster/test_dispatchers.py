@@ -79,12 +79,13 @@ def test_dispatchers_claim_each_delivery_once_and_take_over_from_a_gone_one(
     def scan(deliverer: Deliverer) -> None:
         start.wait()
         mine = taken[deliverer.claimer]
-        while True:
-            got = _ids(deliverer.due(utcnow(), limit=7, skip=frozenset(mine)))
-            if not got:
-                return
-            mine |= got
-            time.sleep(0.01)  # "sending" the batch: the other dispatcher scans meanwhile
+        deadline = time.monotonic() + 30
+        # Scan until every row is someone's: a scan may come back empty while the other
+        # dispatcher holds the candidates it is claiming.
+        while len(taken[names[0]]) + len(taken[names[1]]) < len(ids):
+            assert time.monotonic() < deadline, "the rows were not all claimed in 30 s"
+            mine |= _ids(deliverer.due(utcnow(), limit=5, skip=frozenset(mine)))
+            time.sleep(0.02)  # "sending" the batch: the other dispatcher scans meanwhile
 
     threads = [threading.Thread(target=scan, args=(d,)) for d in (first, second)]
     for thread in threads:
