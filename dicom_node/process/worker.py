@@ -35,8 +35,13 @@ class SettingsChannel:
     """
 
     def __init__(self, ctx: SpawnContext, version: int) -> None:
+        """``version`` is that of the settings the worker is spawned with."""
         self._queue: Any = ctx.Queue()
         self._version: Any = ctx.Value("q", version)
+        # Travels with the channel to the worker: the version of its spawn-time settings.
+        # Not the shared number read at the worker's start: edits published while the
+        # worker was starting (loading its models) would be taken as already applied.
+        self.initial_version = version
 
     @property
     def version(self) -> int:
@@ -189,7 +194,7 @@ def worker_main(
     sessions = session_factory(engine)
     models = model_cache(settings)
     _preload(models, settings)
-    live = LiveSettings(settings, version=channel.version if channel is not None else 0)
+    live = LiveSettings(settings, version=channel.initial_version if channel is not None else 0)
     runner = JobRunner(
         live,
         sessions,

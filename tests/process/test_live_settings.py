@@ -43,3 +43,25 @@ def test_a_snapshot_taken_during_an_edit_waits_for_it(tmp_path: Path) -> None:
     editor.join(10)
     spawner.join(10)
     assert seen == [(edited, 1)]
+
+
+def test_edits_made_while_a_worker_starts_reach_it(tmp_path: Path) -> None:
+    """The worker is spawned with version 0; two edits are published while it loads its
+    models; at its first claim it must run with the second, not keep the spawn-time ones
+    labelled with the latest version (CI once saw a new route unknown to a worker)."""
+    import multiprocessing as mp
+
+    from dicom_node.process.worker import SettingsChannel
+
+    spawned = make_settings(tmp_path)
+    channel = SettingsChannel(mp.get_context("spawn"), 0)
+    first = spawned.model_copy(update={"source": "edit 1"})
+    second = spawned.model_copy(update={"source": "edit 2"})
+    channel.publish(first, 1)
+    channel.publish(second, 2)
+    try:
+        live = LiveSettings(spawned, version=channel.initial_version)  # as worker_main does
+        channel.refresh(live)
+        assert (live.current.source, live.version) == ("edit 2", 2)
+    finally:
+        channel.close()
