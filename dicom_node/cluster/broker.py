@@ -60,12 +60,13 @@ def make_app(settings: Settings, queues: Iterable[str] = ()) -> Any:
     return app
 
 
-def kombu_queue(settings: Settings, name: str) -> Any:
-    """A durable queue bound to the cluster's direct exchange with its own name as key."""
+def kombu_queue(settings: Settings, name: str, arguments: dict[str, Any] | None = None) -> Any:
+    """A durable queue bound to the cluster's direct exchange with its own name as key;
+    ``arguments`` are RabbitMQ's queue arguments (``x-message-ttl``...)."""
     from kombu import Exchange, Queue
 
     exchange = Exchange(settings.cluster.queue_prefix, type="direct", durable=True)
-    return Queue(name, exchange, routing_key=name, durable=True)
+    return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
 
 
 class JobPublisher:
@@ -151,16 +152,10 @@ _WAKEUP_MAX = 1000
 
 def delivery_kombu_queue(settings: Settings) -> Any:
     """The dispatchers' wake-up queue: durable, its messages transient and short-lived."""
-    from kombu import Exchange, Queue
-
-    name = delivery_queue(settings)
-    exchange = Exchange(settings.cluster.queue_prefix, type="direct", durable=True)
-    return Queue(
-        name,
-        exchange,
-        routing_key=name,
-        durable=True,
-        queue_arguments={"x-message-ttl": _WAKEUP_TTL_MS, "x-max-length": _WAKEUP_MAX},
+    return kombu_queue(
+        settings,
+        delivery_queue(settings),
+        {"x-message-ttl": _WAKEUP_TTL_MS, "x-max-length": _WAKEUP_MAX},
     )
 
 

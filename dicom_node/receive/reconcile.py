@@ -12,17 +12,27 @@ indexes those objects from that file, without listing the bucket.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.receive.index import index_instance
-from dicom_node.receive.meta import meta_from_dataset
+from dicom_node.receive.meta import InstanceMeta, meta_from_dataset
+from dicom_node.receive.objectstore import ObjectSpool
 from dicom_node.receive.spool import Spool, valid_uid
 from dicom_node.store.db import Instance
 
 log = logging.getLogger(__name__)
+
+
+def _header_meta(path: Path) -> InstanceMeta | None:
+    """The header of a received file, or None when its UIDs cannot name a spool file."""
+    meta = meta_from_dataset(dcmread(path, stop_before_pixels=True))
+    if not all(valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)):
+        return None
+    return meta
 
 
 def reconcile_spool(spool: Spool, sessions: sessionmaker[Session]) -> int:
@@ -38,11 +48,8 @@ def reconcile_spool(spool: Spool, sessions: sessionmaker[Session]) -> int:
         if str(path) in known:
             continue
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-            meta = meta_from_dataset(ds)
-            if not all(
-                valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-            ):
+            meta = _header_meta(path)
+            if meta is None:
                 continue
             outcome = index_instance(sessions, meta, path, path.stat().st_size)
             added += int(outcome.created)
@@ -62,23 +69,18 @@ def reconcile_incoming(spool: Spool, sessions: sessionmaker[Session]) -> int:
     spool file at :func:`reconcile_spool`; a file whose object does not exist never got
     that far (and its sender never got Success). A spool on disk has nothing to do here.
     """
-    objects = getattr(spool, "objects", None)
-    key_for = getattr(spool, "key_for", None)
-    if objects is None or key_for is None or not spool.tmp.is_dir():
+    if not isinstance(spool, ObjectSpool) or not spool.tmp.is_dir():
         return 0
     added = 0
     for path in sorted(spool.tmp.iterdir()):
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-            meta = meta_from_dataset(ds)
-            if not all(
-                valid_uid(u) for u in (meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-            ):
+            meta = _header_meta(path)
+            if meta is None:
                 continue
-            location = objects.location(
-                key_for(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+            location = spool.objects.location(
+                spool.key_for(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
             )
-            if not objects.exists(location):
+            if not spool.objects.exists(location):
                 continue
             outcome = index_instance(sessions, meta, location, path.stat().st_size)
             added += int(outcome.created)

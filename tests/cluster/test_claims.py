@@ -51,6 +51,14 @@ def _queued_job(sessions: sessionmaker[Session]) -> int:
         return job.id
 
 
+def _two_queued_jobs(sessions: sessionmaker[Session]) -> list[int]:
+    with sessions() as session:
+        first, second = _series(session, "1.2.3.4"), _series(session, "1.2.3.5")
+        jobs = [queue.enqueue(session, s, "chest", study_uid="1.0") for s in (first, second)]
+        session.commit()
+    return [job.id for job in jobs if job is not None]
+
+
 def _member(sessions: sessionmaker[Session], tmp_path: Path, name: str) -> Membership:
     member = Membership(sessions, make_settings(tmp_path), "worker", name=name)
     member._upsert()  # the row, without the heartbeat thread
@@ -120,11 +128,7 @@ def test_the_sweep_requeues_only_jobs_of_members_that_are_gone(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     fresh = utcnow() - dt.timedelta(seconds=10)
-    with sessions() as session:
-        first, second = _series(session, "1.2.3.4"), _series(session, "1.2.3.5")
-        jobs = [queue.enqueue(session, s, "chest", study_uid="1.0") for s in (first, second)]
-        session.commit()
-    ids = [job.id for job in jobs if job is not None]
+    ids = _two_queued_jobs(sessions)
     _member(sessions, tmp_path, "worker@live:1")
     assert queue.claim_job(sessions, ids[0], "worker@live:1", fresh_after=fresh) is Claim.CLAIMED
     assert queue.claim_job(sessions, ids[1], "worker@dead:2", fresh_after=fresh) is Claim.CLAIMED
@@ -144,11 +148,7 @@ def test_a_pause_holds_every_claim_and_resume_publishes_the_queued_jobs(
     published: list[list[tuple[int, str]]] = []
     queue.publish_on_commit(sessions, lambda jobs: published.append(list(jobs)))
     fresh = utcnow() - dt.timedelta(seconds=10)
-    with sessions() as session:
-        first, second = _series(session, "1.2.3.4"), _series(session, "1.2.3.5")
-        jobs = [queue.enqueue(session, s, "chest", study_uid="1.0") for s in (first, second)]
-        session.commit()
-    ids = [job.id for job in jobs if job is not None]
+    ids = _two_queued_jobs(sessions)
     assert queue.claim_job(sessions, ids[1], "worker@dead:2", fresh_after=fresh) is Claim.CLAIMED
     published.clear()
     assert queue.pause(sessions, "admin")

@@ -330,17 +330,24 @@ def test_truncated_or_malformed_body_stores_nothing(door: Door) -> None:
     door.assert_nothing_stored()
 
 
-def test_a_client_that_goes_away_mid_body_leaves_nothing(door: Door) -> None:
-    """The connection closes after half of the declared body: the parts received so far
-    (a whole instance among them) are not stored, their files are removed."""
-    body = multipart(encode(instance()), encode(instance()))
+def _raw_request_head(door: Door, length: int) -> tuple[str, int, bytes]:
+    """Host, port and the head of a STOW-RS request of ``length`` body bytes, for a client
+    that writes its body on a raw socket."""
     host, port = door.url.removeprefix("http://").split("/", 1)[0].split(":")
     head = (
         f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\n"
         f"Authorization: Bearer {door.token}\r\nContent-Type: {DICOM}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     ).encode()
-    with socket.create_connection((host, int(port))) as sock:
+    return host, int(port), head
+
+
+def test_a_client_that_goes_away_mid_body_leaves_nothing(door: Door) -> None:
+    """The connection closes after half of the declared body: the parts received so far
+    (a whole instance among them) are not stored, their files are removed."""
+    body = multipart(encode(instance()), encode(instance()))
+    host, port, head = _raw_request_head(door, len(body))
+    with socket.create_connection((host, port)) as sock:
         sock.sendall(head + body[: len(body) * 3 // 4])
     door.node.wait_until(lambda: bool(door.audits()), what="the refused request's audit entry")
     (entry,) = door.audits()
@@ -357,14 +364,9 @@ def test_a_trickled_body_is_refused_at_its_deadline(
     line, an audit entry, nothing stored, and the node serves others meanwhile."""
     door = make_door(start_node, dicomweb={"body_timeout": 1.5})
     body = multipart(encode(instance()))
-    host, port = door.url.removeprefix("http://").split("/", 1)[0].split(":")
-    head = (
-        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {door.token}\r\nContent-Type: {DICOM}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    host, port, head = _raw_request_head(door, len(body))
     stop = threading.Event()
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
+    with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(head)
 
         def trickle() -> None:
